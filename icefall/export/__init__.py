@@ -1,0 +1,6 @@
+"""Export helpers: ONNX metadata, the sherpa-onnx contract checklist, int8 quantisation,
+TorchScript helpers and a sherpa-onnx decoding runner (in a child process).
+
+Import the submodules directly (``from icefall.export.sherpa_contract import
+check_sherpa_onnx_contract``); this package imports nothing heavy itself.
+"""
