@@ -739,6 +739,48 @@ def source_hash() -> str:
     return h.hexdigest()
 
 
+def prepare_tiny_manifests(
+    corpus_dir: Path, manifest_dir: Path, parts: Sequence[str] = PARTS, num_jobs: int = 1
+) -> None:
+    """lhotse manifests ``tiny_{recordings,supervisions}_{part}.jsonl.gz`` in ``manifest_dir``.
+
+    Uses lhotse's LibriSpeech preparer (the layout is LibriSpeech's) with explicit part names,
+    then renames its ``librispeech_`` files. Parts whose two manifests exist are skipped.
+    """
+    from lhotse.recipes import prepare_librispeech
+
+    manifest_dir.mkdir(parents=True, exist_ok=True)
+    kinds = ("recordings", "supervisions")
+    todo = [
+        p
+        for p in parts
+        if not all((manifest_dir / f"tiny_{k}_{p}.jsonl.gz").exists() for k in kinds)
+    ]
+    for part in todo:
+        if not (corpus_dir / part).is_dir():
+            raise FileNotFoundError(f"{corpus_dir / part} is missing; run stage 0 first")
+    if not todo:
+        return
+    with tempfile.TemporaryDirectory(prefix="lhotse-", dir=manifest_dir) as tmp:
+        prepare_librispeech(corpus_dir, dataset_parts=todo, output_dir=tmp, num_jobs=num_jobs)
+        for part in todo:
+            for kind in kinds:
+                src = Path(tmp) / f"librispeech_{kind}_{part}.jsonl.gz"
+                src.replace(manifest_dir / f"tiny_{kind}_{part}.jsonl.gz")
+
+
+def manifests_main(argv: Sequence[str] | None = None) -> None:
+    """CLI for :func:`prepare_tiny_manifests`."""
+    parser = argparse.ArgumentParser(description="lhotse manifests of the tiny corpus")
+    parser.add_argument("--corpus-dir", type=Path, default=Path("download/tiny"))
+    parser.add_argument("--manifest-dir", type=Path, default=Path("data/manifests"))
+    parser.add_argument("--parts", nargs="+", default=list(PARTS))
+    parser.add_argument("--num-jobs", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    prepare_tiny_manifests(args.corpus_dir, args.manifest_dir, args.parts, args.num_jobs)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """CLI: generate the tiny corpus."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
