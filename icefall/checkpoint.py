@@ -132,6 +132,16 @@ def _strip_ddp_prefix(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return state_dict
 
 
+def _load_state(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], strict: bool, description: str
+) -> None:
+    """Load a (maybe DDP-prefixed) state dict; with ``strict=False`` warn about key mismatches."""
+    result = _unwrap(model).load_state_dict(_strip_ddp_prefix(state_dict), strict=strict)
+    for kind, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)):
+        if keys:
+            logging.warning(f"{description}: {len(keys)} {kind} keys: {keys}")
+
+
 def load_checkpoint(
     filename: Pathlike,
     model: nn.Module,
@@ -157,10 +167,10 @@ def load_checkpoint(
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise ValueError(f"{filename} is not a checkpoint: it has no 'model' entry")
 
-    _unwrap(model).load_state_dict(_strip_ddp_prefix(checkpoint.pop("model")), strict=strict)
+    _load_state(model, checkpoint.pop("model"), strict, f"{filename}: model")
     saved_avg = checkpoint.pop("model_avg", None)
     if model_avg is not None and saved_avg is not None:
-        _unwrap(model_avg).load_state_dict(_strip_ddp_prefix(saved_avg), strict=strict)
+        _load_state(model_avg, saved_avg, strict, f"{filename}: model_avg")
 
     for key, obj in (
         ("optimizer", optimizer),

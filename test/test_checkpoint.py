@@ -325,3 +325,14 @@ def test_find_and_remove_checkpoints(tmp_path: Path) -> None:
     assert (tmp_path / "epoch-1.pt").exists()
     with pytest.raises(ValueError, match="topk"):
         remove_checkpoints(tmp_path, topk=0)
+
+
+def test_non_strict_load_warns_about_mismatched_keys(tmp_path: Path, caplog) -> None:
+    save_checkpoint(tmp_path / "a.pt", nn.Linear(2, 2))
+    model = nn.Sequential(nn.Linear(2, 2))
+    with caplog.at_level("WARNING"):
+        load_checkpoint(tmp_path / "a.pt", model)
+    assert "2 missing keys: ['0.weight', '0.bias']" in caplog.text
+    assert "2 unexpected keys: ['weight', 'bias']" in caplog.text
+    with pytest.raises(RuntimeError, match="Missing key"):
+        load_checkpoint(tmp_path / "a.pt", model, strict=True)
