@@ -16,6 +16,7 @@ so icefall checkpoints load here and the other way round. Two differences from i
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -50,7 +51,8 @@ def atomic_torch_save(obj: Any, filename: Pathlike) -> None:
     """``torch.save(obj, filename)`` that either fully replaces ``filename`` or leaves it as it was.
 
     Writes to a temporary file in the same directory, fsyncs it, then ``os.replace``s it over
-    ``filename`` (atomic on POSIX and Windows file systems).
+    ``filename`` (atomic on POSIX and Windows file systems). Temporary files of earlier saves of
+    ``filename`` that were killed are removed afterwards.
     """
     filename = Path(filename)
     filename.parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +68,16 @@ def atomic_torch_save(obj: Any, filename: Pathlike) -> None:
             os.remove(tmp_name)
         raise
     _fsync_directory(filename.parent)
+    _remove_stale_temporary_files(filename)
+
+
+def _remove_stale_temporary_files(filename: Path) -> None:
+    """Delete temporary files left by earlier saves of ``filename`` that were killed."""
+    for stale in filename.parent.glob(f".{glob.escape(filename.name)}.*.tmp"):
+        try:
+            stale.unlink()
+        except OSError as e:
+            logging.warning(f"Could not remove the stale temporary file {stale}: {e}")
 
 
 def _fsync_directory(directory: Path) -> None:

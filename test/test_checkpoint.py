@@ -214,6 +214,11 @@ def test_save_killed_mid_write_keeps_previous_checkpoint(tmp_path: Path) -> None
     assert rest["cur_epoch"] == 1
     assert torch.equal(restored.weight, old.weight)
 
+    # The next successful save replaces the file and removes the killed save's leftover.
+    save_checkpoint(filename, nn.Linear(2, 2), params={"cur_epoch": 2})
+    assert [p.name for p in tmp_path.iterdir()] == [filename.name]
+    assert load_checkpoint(filename, nn.Linear(2, 2))["cur_epoch"] == 2
+
 
 def test_failed_save_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
     filename = tmp_path / "epoch-1.pt"

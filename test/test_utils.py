@@ -1,9 +1,11 @@
 """Tests for icefall.utils."""
 
 import argparse
+import copy
 import io
 import json
 import logging
+import pickle
 import random
 import re
 from pathlib import Path
@@ -59,6 +61,8 @@ def test_attribute_dict() -> None:
         del params.lr
     assert json.loads(str(params)) == {"exp_dir": "exp", "num_epochs": 3}
     assert str(params).index("exp_dir") < str(params).index("num_epochs")
+    copied = pickle.loads(pickle.dumps(copy.deepcopy(params)))
+    assert isinstance(copied, AttributeDict) and copied.num_epochs == 3
 
 
 @pytest.mark.parametrize("text", ["yes", "True", "t", "Y", "1"])
