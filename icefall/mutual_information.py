@@ -1,0 +1,297 @@
+"""The mutual-information recursion behind every RNN-T loss, in plain PyTorch (k2's semantics).
+
+Given ``px`` (B, S, T+1) for the regular topology or (B, S, T) for the modified one, and ``py``
+(B, S+1, T), the recursion fills ``p`` (B, S+1, T+1)::
+
+    p[b, s_begin, t_begin] = 0
+    regular:  p[b,s,t] = logaddexp(p[b,s-1,t] + px[b,s-1,t],   p[b,s,t-1] + py[b,s,t-1])
+    modified: p[b,s,t] = logaddexp(p[b,s-1,t-1] + px[b,s-1,t-1], p[b,s,t-1] + py[b,s,t-1])
+
+(terms with an index outside the lattice are -inf) and returns ``p[b, s_end, t_end]``.
+
+How it is computed: each cell of the regular lattice depends only on cells of the previous
+anti-diagonal ``k = s + t``, so the lattice is "skewed" once (one strided copy) into
+(S+T+1, B, S+1) and filled one anti-diagonal at a time with three fused vector ops per step,
+vectorised over the batch and the diagonal. The modified lattice is filled one frame (column) at
+a time. The backward pass is the same recursion run on the lattice reversed per utterance (which
+gives the backward scores ``beta``); the gradients are the occupation probabilities
+``exp(alpha + px + beta_next - total)``, computed in one vectorised step. No autograd graph is built
+inside the loops: the work is done under ``no_grad`` in a hand-written ``autograd.Function``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+NEG_INF = float("-inf")
+
+
+def _check_inputs(px: Tensor, py: Tensor, boundary: Optional[Tensor]) -> bool:
+    """Validate shapes and the boundary; return True for the modified topology (px (B, S, T))."""
+    if px.ndim != 3 or py.ndim != 3:
+        raise ValueError(f"px and py must be 3-D, got {tuple(px.shape)} and {tuple(py.shape)}")
+    B, S, T1 = px.shape
+    T = py.shape[-1]
+    if T1 not in (T, T + 1):
+        raise ValueError(f"px last dim must be T or T+1 with T={T}, got px {tuple(px.shape)}")
+    if tuple(py.shape) != (B, S + 1, T):
+        raise ValueError(f"py must have shape {(B, S + 1, T)}, got {tuple(py.shape)}")
+    if px.dtype != py.dtype or px.device != py.device:
+        raise ValueError("px and py must share dtype and device")
+    if not px.is_floating_point():
+        raise ValueError(f"px and py must be floating point, got {px.dtype}")
+    if boundary is not None:
+        if boundary.dtype != torch.int64 or tuple(boundary.shape) != (B, 4):
+            raise ValueError(
+                f"boundary must be int64 of shape {(B, 4)}, got {boundary.dtype} "
+                f"{tuple(boundary.shape)}"
+            )
+        s_begin, t_begin, s_end, t_end = boundary.detach().cpu().unbind(1)
+        bad = (s_begin < 0) | (s_begin > s_end) | (s_end > S)
+        bad |= (t_begin < 0) | (t_begin > t_end) | (t_end > T)
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"boundary of utterance {b} is {boundary[b].tolist()}; need "
+                f"0 <= s_begin <= s_end <= S={S} and 0 <= t_begin <= t_end <= T={T}"
+            )
+    return T1 == T
+
+
+def _reindex(x: Tensor, s_offset: Tensor, t_offset: Tensor, reverse: bool) -> Tensor:
+    """Shift (and optionally reverse) each utterance of a lattice tensor.
+
+    Args:
+      x: (B, M, N).
+      s_offset, t_offset: (B,) int64 offsets.
+      reverse: if True, read the axes backwards.
+    Returns:
+      y: (B, M, N) with ``y[b, i, j] = x[b, s_offset[b] + d * i, t_offset[b] + d * j]``,
+      d = -1 if reverse else 1, and -inf where that index falls outside x.
+    """
+    B, M, N = x.shape
+    step = -1 if reverse else 1
+    rows = s_offset.view(B, 1) + step * torch.arange(M, device=x.device)  # (B, M)
+    cols = t_offset.view(B, 1) + step * torch.arange(N, device=x.device)  # (B, N)
+    inside = ((rows >= 0) & (rows < M)).unsqueeze(2) & ((cols >= 0) & (cols < N)).unsqueeze(1)
+    flat = rows.clamp(0, M - 1).unsqueeze(2) * N + cols.clamp(0, N - 1).unsqueeze(1)
+    y = torch.gather(x.reshape(B, M * N), 1, flat.reshape(B, M * N)).view(B, M, N)
+    return y.masked_fill(~inside, NEG_INF)
+
+
+def _skew(m: Tensor) -> Tensor:
+    """Lay a (B, S+1, W) lattice out by anti-diagonals.
+
+    ``m`` holds the lattice in columns [0, W - S) and -inf in the S columns after them (W = K =
+    S+T+1 diagonals). Returns (K, B, S+1) with ``out[k, b, s] = m[b, s, k - s]`` (-inf off-lattice).
+    """
+    B, S1, K = m.shape
+    m = m.contiguous()
+    diag = m.as_strided((B, S1, K), (S1 * K, K - 1, 1))
+    return diag.permute(2, 0, 1).contiguous()
+
+
+def _unskew(diagonals: Tensor, T: int) -> Tensor:
+    """Inverse of :func:`_skew`: (K, B, S+1) anti-diagonals -> (B, S+1, T+1) lattice."""
+    K, B, S1 = diagonals.shape
+    by_row = diagonals.permute(1, 2, 0).contiguous()  # (B, S+1, K)
+    return by_row.as_strided((B, S1, T + 1), (S1 * K, K + 1, 1))
+
+
+def _alpha_regular(px: Tensor, py: Tensor) -> Tensor:
+    """Forward scores of the regular lattice, starting at (0, 0) for every utterance.
+
+    Args:
+      px: (B, S, T+1); py: (B, S+1, T).
+    Returns:
+      alpha: (B, S+1, T+1).
+    """
+    B, S, T1 = px.shape
+    K = S + T1  # number of anti-diagonals, S + T + 1
+    # Incoming log-probs of cell (s, t): from (s-1, t) by px[s-1, t], from (s, t-1) by py[s, t-1].
+    from_below = _skew(F.pad(px, (0, K - T1, 1, 0), value=NEG_INF))
+    from_left = _skew(F.pad(py, (1, K - T1, 0, 0), value=NEG_INF))
+    # Column 0 of each diagonal stands for s = -1 (always -inf), so "s - 1" is a plain slice.
+    diagonals = px.new_full((K, B, S + 2), NEG_INF)
+    diagonals[0, :, 1] = 0.0
+    via_symbol = px.new_empty(B, S + 1)
+    via_blank = px.new_empty(B, S + 1)
+    for k in range(1, K):
+        previous = diagonals[k - 1]
+        torch.add(previous[:, :-1], from_below[k], out=via_symbol)
+        torch.add(previous[:, 1:], from_left[k], out=via_blank)
+        torch.logaddexp(via_symbol, via_blank, out=diagonals[k, :, 1:])
+    return _unskew(diagonals[:, :, 1:], T1 - 1)
+
+
+def _alpha_modified(px: Tensor, py: Tensor) -> Tensor:
+    """Forward scores of the modified lattice, starting at (0, 0) for every utterance.
+
+    Args:
+      px: (B, S, T); py: (B, S+1, T).
+    Returns:
+      alpha: (B, S+1, T+1).
+    """
+    B, S, T = px.shape
+    from_diagonal = F.pad(px, (0, 0, 1, 0), value=NEG_INF).permute(2, 0, 1).contiguous()
+    from_left = py.permute(2, 0, 1).contiguous()  # (T, B, S+1)
+    columns = px.new_full((T + 1, B, S + 2), NEG_INF)
+    columns[0, :, 1] = 0.0
+    via_symbol = px.new_empty(B, S + 1)
+    via_blank = px.new_empty(B, S + 1)
+    for t in range(1, T + 1):
+        previous = columns[t - 1]
+        torch.add(previous[:, :-1], from_diagonal[t - 1], out=via_symbol)
+        torch.add(previous[:, 1:], from_left[t - 1], out=via_blank)
+        torch.logaddexp(via_symbol, via_blank, out=columns[t, :, 1:])
+    return columns[:, :, 1:].permute(1, 2, 0)
+
+
+def _alpha(px: Tensor, py: Tensor, modified: bool) -> Tensor:
+    return _alpha_modified(px, py) if modified else _alpha_regular(px, py)
+
+
+def _full_boundary(px: Tensor, py: Tensor) -> Tensor:
+    B, S, _ = px.shape
+    T = py.shape[-1]
+    row = torch.tensor([0, 0, S, T], dtype=torch.int64, device=px.device)
+    return row.expand(B, 4)
+
+
+def _forward_scores(
+    px: Tensor, py: Tensor, boundary: Tensor, modified: bool, starts_at_origin: bool
+) -> Tensor:
+    """alpha (B, S+1, T+1): log-sum of all partial paths from each utterance's start."""
+    if starts_at_origin:
+        return _alpha(px, py, modified)
+    s_begin, t_begin = boundary[:, 0], boundary[:, 1]
+    shifted = _alpha(
+        _reindex(px, s_begin, t_begin, reverse=False),
+        _reindex(py, s_begin, t_begin, reverse=False),
+        modified,
+    )
+    return _reindex(shifted, -s_begin, -t_begin, reverse=False)
+
+
+def _backward_scores(px: Tensor, py: Tensor, boundary: Tensor, modified: bool) -> Tensor:
+    """beta (B, S+1, T+1): log-sum of all partial paths from each cell to the utterance's end.
+
+    The reversed lattice ``px'[i, j] = px[s_end-1-i, t_end-j]`` (``t_end-1-j`` when modified),
+    ``py'[i, j] = py[s_end-i, t_end-1-j]`` satisfies the forward recursion, so beta is the forward
+    recursion on it, read back in reverse.
+    """
+    s_end, t_end = boundary[:, 2], boundary[:, 3]
+    px_t_end = t_end - 1 if modified else t_end
+    reversed_alpha = _alpha(
+        _reindex(px, s_end - 1, px_t_end, reverse=True),
+        _reindex(py, s_end, t_end - 1, reverse=True),
+        modified,
+    )
+    return _reindex(reversed_alpha, s_end, t_end, reverse=True)
+
+
+def _inside_mask(
+    boundary: Tensor, num_rows: int, num_cols: int, row_end_offset: int, col_end_offset: int
+) -> Tensor:
+    """(B, num_rows, num_cols) bool: s in [s_begin, s_end + row_end_offset],
+    t in [t_begin, t_end + col_end_offset]."""
+    rows = torch.arange(num_rows, device=boundary.device).view(1, -1)
+    cols = torch.arange(num_cols, device=boundary.device).view(1, -1)
+    row_ok = (rows >= boundary[:, 0:1]) & (rows <= boundary[:, 2:3] + row_end_offset)
+    col_ok = (cols >= boundary[:, 1:2]) & (cols <= boundary[:, 3:4] + col_end_offset)
+    return row_ok.unsqueeze(2) & col_ok.unsqueeze(1)
+
+
+def _scores_and_occupation(
+    px: Tensor, py: Tensor, boundary: Optional[Tensor], modified: bool, with_grad: bool
+) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """Totals (B,) and, if with_grad, occupation probabilities shaped like px and py."""
+    user_boundary = boundary is not None
+    if boundary is None:
+        boundary = _full_boundary(px, py)
+        starts_at_origin = True
+    else:
+        starts_at_origin = not bool((boundary[:, :2] != 0).any())
+    B = px.shape[0]
+    alpha = _forward_scores(px, py, boundary, modified, starts_at_origin)
+    batch = torch.arange(B, device=px.device)
+    total = alpha[batch, boundary[:, 2], boundary[:, 3]]
+    if not with_grad:
+        return total, None, None
+
+    beta = _backward_scores(px, py, boundary, modified)
+    # An impossible utterance (total = -inf) has -inf on every path, so shifting by 0 gives 0.
+    shift = torch.where(torch.isfinite(total), total, torch.zeros_like(total)).view(B, 1, 1)
+    T = py.shape[-1]
+    if modified:
+        px_grad = torch.exp(alpha[:, :-1, :-1] + px + beta[:, 1:, 1:] - shift)
+    else:
+        px_grad = torch.exp(alpha[:, :-1, :] + px + beta[:, 1:, :] - shift)
+    py_grad = torch.exp(alpha[:, :, :-1] + py + beta[:, :, 1:] - shift)
+    if user_boundary:
+        # Whatever lies outside an utterance's box (padding) gets exactly zero gradient.
+        S = px.shape[1]
+        px_grad = px_grad.masked_fill(
+            ~_inside_mask(boundary, S, px.shape[2], -1, -1 if modified else 0), 0.0
+        )
+        py_grad = py_grad.masked_fill(~_inside_mask(boundary, S + 1, T, 0, -1), 0.0)
+    return total, px_grad, py_grad
+
+
+class _MutualInformationFunction(torch.autograd.Function):
+    """Autograd wrapper: the occupation probabilities are computed with the scores."""
+
+    @staticmethod
+    def forward(ctx, px: Tensor, py: Tensor, boundary: Optional[Tensor], modified: bool):
+        with torch.no_grad():
+            total, px_grad, py_grad = _scores_and_occupation(
+                px.detach(), py.detach(), boundary, modified, with_grad=True
+            )
+        ctx.save_for_backward(px_grad, py_grad)
+        ctx.mark_non_differentiable(px_grad, py_grad)
+        return total, px_grad, py_grad
+
+    @staticmethod
+    def backward(ctx, total_grad: Tensor, _px_grad_grad: Tensor, _py_grad_grad: Tensor):
+        px_grad, py_grad = ctx.saved_tensors
+        scale = total_grad.view(-1, 1, 1)
+        return px_grad * scale, py_grad * scale, None, None
+
+
+def mutual_information_recursion(
+    px: Tensor,
+    py: Tensor,
+    boundary: Optional[Tensor] = None,
+    return_grad: bool = False,
+) -> Union[Tensor, Tuple[Tensor, Tuple[Tensor, Tensor]]]:
+    """Total log-probability of all monotonic paths through a 2-D lattice (k2's recursion).
+
+    Args:
+      px: (B, S, T+1) for the regular topology, (B, S, T) for the modified one: log-probs of
+        moving along s (emitting a symbol).
+      py: (B, S+1, T): log-probs of moving along t (emitting blank / next frame).
+      boundary: optional int64 (B, 4) ``[s_begin, t_begin, s_end, t_end]``; default
+        ``[0, 0, S, T]`` for every utterance.
+      return_grad: also return ``(px_grad, py_grad)``, the derivatives of ``scores.sum()``
+        with respect to px and py, i.e. the occupation probabilities of each transition.
+    Returns:
+      scores: (B,) with ``scores[b] = p[b, s_end, t_end]`` (-inf where no path exists), or
+      ``(scores, (px_grad, py_grad))`` when return_grad is True (grads shaped like px and py,
+      zero for utterances without a path).
+    """
+    modified = _check_inputs(px, py, boundary)
+    px, py = px.contiguous(), py.contiguous()
+    if boundary is not None:
+        boundary = boundary.to(px.device)
+    needs_autograd = torch.is_grad_enabled() and (px.requires_grad or py.requires_grad)
+    if needs_autograd:
+        scores, px_grad, py_grad = _MutualInformationFunction.apply(px, py, boundary, modified)
+    else:
+        scores, px_grad, py_grad = _scores_and_occupation(px, py, boundary, modified, return_grad)
+    if return_grad:
+        return scores, (px_grad, py_grad)
+    return scores
