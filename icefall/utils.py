@@ -154,6 +154,10 @@ class MetricsTracker(collections.defaultdict):
     def __init__(self) -> None:
         super().__init__(int)
 
+    def __reduce__(self) -> tuple:
+        # defaultdict's own __reduce__ would pass default_factory to __init__.
+        return (MetricsTracker, (), None, None, iter(self.items()))
+
     def __add__(self, other: MetricsTracker) -> MetricsTracker:
         ans = MetricsTracker()
         for key, value in self.items():

@@ -139,6 +139,8 @@ def test_metrics_tracker_arithmetic_and_normalisation() -> None:
     assert "loss=0.2, " in text and "over 400.00 frames." in text
     assert "utt_duration=50, over 8.00 utterances." in text
     assert str(make_tracker(loss=3.0)) == "loss=3, over 0.00 frames."
+    for copied in (copy.deepcopy(total), pickle.loads(pickle.dumps(total))):
+        assert isinstance(copied, MetricsTracker) and copied == total
 
 
 def test_metrics_tracker_write_summary() -> None:
