@@ -20,7 +20,7 @@ import glob
 import logging
 import os
 import re
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -38,13 +38,19 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _float32_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of ``model.state_dict()`` with floating tensors as float32; ``model`` is unchanged."""
-    return {
-        name: tensor.detach().to(torch.float32, copy=True)
-        if tensor.is_floating_point()
-        else tensor.detach().clone()
-        for name, tensor in model.state_dict().items()
-    }
+    """A copy of ``model.state_dict()`` with floating tensors as float32; ``model`` is unchanged.
+
+    Tied tensors stay tied in the copy.
+    """
+    copies: dict[tuple, torch.Tensor] = {}
+    ans = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.data_ptr(), tensor.shape, tensor.stride(), tensor.dtype)
+        if key not in copies or tensor.numel() == 0:
+            dtype = torch.float32 if tensor.is_floating_point() else tensor.dtype
+            copies[key] = tensor.detach().to(dtype, copy=True)
+        ans[name] = copies[key]
+    return ans
 
 
 def atomic_torch_save(obj: Any, filename: Pathlike) -> None:
@@ -56,7 +62,9 @@ def atomic_torch_save(obj: Any, filename: Pathlike) -> None:
     """
     filename = Path(filename)
     filename.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=filename.parent, prefix=f".{filename.name}.", suffix=".tmp")
+    tmp_name = filename.parent / f".{filename.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    # Unlike tempfile.mkstemp (mode 0600), this gives the file torch.save's usual permissions.
+    fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)

@@ -157,6 +157,8 @@ def test_saving_keeps_the_running_average_in_float64(tmp_path: Path) -> None:
         else:
             assert torch.equal(saved_avg[key], value)
 
+    assert saved_avg["proj.weight"].data_ptr() == saved_avg["embed.weight"].data_ptr()
+
     loaded_avg = copy.deepcopy(model).to(torch.float64)
     load_checkpoint(tmp_path / "c.pt", random_model(5), model_avg=loaded_avg)
     assert loaded_avg.embed.weight.dtype == torch.float64
@@ -218,6 +220,13 @@ def test_save_killed_mid_write_keeps_previous_checkpoint(tmp_path: Path) -> None
     save_checkpoint(filename, nn.Linear(2, 2), params={"cur_epoch": 2})
     assert [p.name for p in tmp_path.iterdir()] == [filename.name]
     assert load_checkpoint(filename, nn.Linear(2, 2))["cur_epoch"] == 2
+
+
+def test_saved_file_has_the_usual_permissions(tmp_path: Path) -> None:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    save_checkpoint(tmp_path / "a.pt", nn.Linear(2, 2))
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_failed_save_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
