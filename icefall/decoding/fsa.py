@@ -1,0 +1,443 @@
+"""A compact weighted FSA in torch tensors, built from OpenFst graphs (kaldifst / kaldilm).
+
+This replaces the parts of k2's ``Fsa`` that transducer decoding needs. Arcs live in flat
+tensors sorted by source state (``arc_begin[s]:arc_begin[s + 1]`` are the arcs leaving ``s``);
+scores are log-domain (higher is better), i.e. the negated OpenFst tropical weights. Final
+states carry a final score (``-inf`` = not final) instead of k2's extra final arcs.
+
+Graphs for ``fast_beam_search``:
+  * :func:`trivial_graph` — one state with a self-loop per token (no language model);
+  * :func:`compile_LG` — lexicon ∘ ARPA n-gram, determinized and minimized with kaldifst, with
+    token ids as labels and word ids as aux labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+FilePath = Union[str, Path]
+
+
+@dataclass
+class Fsa:
+    """A weighted transducer in flat tensors (all on one device).
+
+    Attributes:
+      start: the start state.
+      arc_begin: (num_states + 1,) int64; arcs of state s are ``arc_begin[s]:arc_begin[s+1]``.
+      src, dst: (num_arcs,) int64 source / destination states (sorted by ``src``).
+      labels: (num_arcs,) int64 input labels (token ids for decoding graphs, 0 = epsilon).
+      aux_labels: (num_arcs,) int64 output labels (word ids; 0 = none).
+      scores: (num_arcs,) float32 log-domain arc scores.
+      final_scores: (num_states,) float32 final scores, ``-inf`` for non-final states.
+    """
+
+    start: int
+    arc_begin: torch.Tensor
+    src: torch.Tensor
+    dst: torch.Tensor
+    labels: torch.Tensor
+    aux_labels: torch.Tensor
+    scores: torch.Tensor
+    final_scores: torch.Tensor
+
+    @property
+    def num_states(self) -> int:
+        return self.final_scores.numel()
+
+    @property
+    def num_arcs(self) -> int:
+        return self.src.numel()
+
+    @property
+    def device(self) -> torch.device:
+        return self.src.device
+
+    @classmethod
+    def from_arcs(
+        cls,
+        num_states: int,
+        start: int,
+        arcs: Sequence[Tuple[int, int, int, int, float]],
+        finals: Dict[int, float],
+    ) -> Fsa:
+        """Build from ``(src, dst, label, aux, score)`` tuples and ``{state: final_score}``."""
+        for a in arcs:
+            if not (0 <= a[0] < num_states and 0 <= a[1] < num_states):
+                raise ValueError(f"arc {a} refers to a state outside 0..{num_states - 1}")
+        if num_states > 0 and not 0 <= start < num_states:
+            raise ValueError(f"start state {start} outside 0..{num_states - 1}")
+        if arcs:
+            src, dst, labels, aux, scores = zip(*arcs)
+        else:
+            src = dst = labels = aux = scores = ()
+        final_scores = torch.full((num_states,), float("-inf"))
+        for state, score in finals.items():
+            final_scores[state] = score
+        return cls.from_tensors(
+            start,
+            torch.tensor(src, dtype=torch.int64),
+            torch.tensor(dst, dtype=torch.int64),
+            torch.tensor(labels, dtype=torch.int64),
+            torch.tensor(aux, dtype=torch.int64),
+            torch.tensor(scores, dtype=torch.float32),
+            final_scores,
+        )
+
+    @classmethod
+    def from_tensors(
+        cls,
+        start: int,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        labels: torch.Tensor,
+        aux_labels: torch.Tensor,
+        scores: torch.Tensor,
+        final_scores: torch.Tensor,
+    ) -> Fsa:
+        """Build from unsorted arc tensors; arcs are stably sorted by (src, label)."""
+        num_states = final_scores.numel()
+        order = torch.argsort(labels, stable=True)
+        order = order[torch.argsort(src[order], stable=True)]
+        counts = torch.bincount(src, minlength=num_states)
+        arc_begin = torch.zeros(num_states + 1, dtype=torch.int64, device=src.device)
+        arc_begin[1:] = torch.cumsum(counts, 0)
+        return cls(
+            start=start,
+            arc_begin=arc_begin,
+            src=src[order],
+            dst=dst[order],
+            labels=labels[order],
+            aux_labels=aux_labels[order],
+            scores=scores[order].float(),
+            final_scores=final_scores.float(),
+        )
+
+    def to(self, device: Union[str, torch.device]) -> Fsa:
+        """A copy on ``device``."""
+        return replace(
+            self,
+            arc_begin=self.arc_begin.to(device),
+            src=self.src.to(device),
+            dst=self.dst.to(device),
+            labels=self.labels.to(device),
+            aux_labels=self.aux_labels.to(device),
+            scores=self.scores.to(device),
+            final_scores=self.final_scores.to(device),
+        )
+
+    def scaled(self, scale: float) -> Fsa:
+        """A copy with arc and final scores multiplied by ``scale`` (``-inf`` stays ``-inf``)."""
+        finals = torch.where(
+            torch.isfinite(self.final_scores), self.final_scores * scale, self.final_scores
+        )
+        return replace(self, scores=self.scores * scale, final_scores=finals)
+
+    def as_dict(self) -> Dict[str, torch.Tensor]:
+        """Tensors for ``torch.save`` (read back with :meth:`from_dict`)."""
+        return {
+            "start": torch.tensor(self.start),
+            "arc_begin": self.arc_begin,
+            "src": self.src,
+            "dst": self.dst,
+            "labels": self.labels,
+            "aux_labels": self.aux_labels,
+            "scores": self.scores,
+            "final_scores": self.final_scores,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, torch.Tensor]) -> Fsa:
+        return cls(start=int(d["start"]), **{k: v for k, v in d.items() if k != "start"})
+
+    def __str__(self) -> str:
+        lines = [
+            f"{s} {d} {lab} {aux} {sc:.4g}"
+            for s, d, lab, aux, sc in zip(
+                self.src.tolist(),
+                self.dst.tolist(),
+                self.labels.tolist(),
+                self.aux_labels.tolist(),
+                self.scores.tolist(),
+            )
+        ]
+        finals = [
+            f"{s} {sc:.4g}" for s, sc in enumerate(self.final_scores.tolist()) if sc != -math.inf
+        ]
+        return "\n".join([f"start={self.start}"] + lines + finals)
+
+
+def trivial_graph(max_token: int, device: Union[str, torch.device] = "cpu") -> Fsa:
+    """One state with a score-0 self-loop for every token 1..max_token (k2.trivial_graph).
+
+    Use ``max_token = vocab_size - 1``; blank (0) is never a graph label.
+    """
+    labels = torch.arange(1, max_token + 1, dtype=torch.int64)
+    zeros = torch.zeros_like(labels)
+    fsa = Fsa.from_tensors(
+        0, zeros, zeros, labels, labels.clone(), torch.zeros(max_token), torch.zeros(1)
+    )
+    return fsa.to(device)
+
+
+def _parse_weight(text: str) -> float:
+    """OpenFst tropical weight (a cost) -> log-domain score."""
+    value = float(text)
+    return -value if math.isfinite(value) else -math.inf
+
+
+def fsa_from_openfst_text(text: str) -> Fsa:
+    """Parse the AT&T text form (``src dst ilabel olabel [weight]`` / ``state [weight]``).
+
+    The first arc's source (or the first line's state) is the start state, as in OpenFst.
+    """
+    arcs: List[Tuple[int, int, int, int, float]] = []
+    finals: Dict[int, float] = {}
+    start: Optional[int] = None
+    num_states = 0
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        try:
+            if len(fields) >= 4:
+                src, dst, ilabel, olabel = (int(f) for f in fields[:4])
+                weight = _parse_weight(fields[4]) if len(fields) > 4 else 0.0
+                arcs.append((src, dst, ilabel, olabel, weight))
+                num_states = max(num_states, src + 1, dst + 1)
+                state = src
+            elif len(fields) in (1, 2):
+                state = int(fields[0])
+                finals[state] = _parse_weight(fields[1]) if len(fields) == 2 else 0.0
+                num_states = max(num_states, state + 1)
+            else:
+                raise ValueError("expected 1, 2, 4 or 5 fields")
+        except ValueError as e:
+            raise ValueError(f"bad OpenFst text line {line_no}: {line!r} ({e})") from e
+        if start is None:
+            start = state
+    return Fsa.from_arcs(num_states, start or 0, arcs, finals)
+
+
+def fsa_from_openfst(fst) -> Fsa:
+    """Convert a kaldifst ``StdVectorFst`` (tropical weights) into an :class:`Fsa`."""
+    fsa = fsa_from_openfst_text(str(fst))
+    if fst.num_states > 0 and fsa.start != fst.start:
+        fsa = replace(fsa, start=fst.start)
+    return fsa
+
+
+def read_openfst(filename: FilePath) -> Fsa:
+    """Read a binary OpenFst file (e.g. written by kaldilm or Kaldi) into an :class:`Fsa`."""
+    import kaldifst
+
+    return fsa_from_openfst(kaldifst.StdVectorFst.read(str(filename)))
+
+
+def read_symbol_table(filename: FilePath) -> Dict[str, int]:
+    """``symbol id`` per line (words.txt / tokens.txt) -> dict."""
+    table: Dict[str, int] = {}
+    for line_no, line in enumerate(Path(filename).read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise ValueError(f"{filename}:{line_no}: expected 'symbol id', got {line!r}")
+        table[fields[0]] = int(fields[1])
+    return table
+
+
+def write_symbol_table(table: Dict[str, int], filename: FilePath) -> None:
+    lines = [f"{sym} {i}" for sym, i in sorted(table.items(), key=lambda kv: kv[1])]
+    Path(filename).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def make_word_table(words: Iterable[str]) -> Dict[str, int]:
+    """words.txt layout: ``<eps>`` 0, the words in sorted order, then ``#0``, ``<s>``, ``</s>``."""
+    special = {"<eps>", "#0", "<s>", "</s>"}
+    table = {"<eps>": 0}
+    for w in sorted(set(words) - special):
+        table[w] = len(table)
+    for sym in ("#0", "<s>", "</s>"):
+        table[sym] = len(table)
+    return table
+
+
+def add_disambig_symbols(
+    lexicon: Sequence[Tuple[str, List[int]]],
+) -> Tuple[List[Tuple[str, List[int], int]], int]:
+    """Number the pronunciations that need a disambiguation symbol (Kaldi's add_lex_disambig).
+
+    A pronunciation needs one if another word has the same token sequence or it is a proper
+    prefix of another word's sequence.
+
+    Returns:
+      ``(word, tokens, k)`` with k = 0 (none) or the index of ``#k`` (1, 2, ...), and the largest
+      k used.
+    """
+    counts: Dict[Tuple[int, ...], int] = {}
+    prefixes = set()
+    for _, tokens in lexicon:
+        seq = tuple(tokens)
+        counts[seq] = counts.get(seq, 0) + 1
+        for i in range(1, len(seq)):
+            prefixes.add(seq[:i])
+    next_k: Dict[Tuple[int, ...], int] = {}
+    max_k = 0
+    out = []
+    for word, tokens in lexicon:
+        seq = tuple(tokens)
+        k = 0
+        if counts[seq] > 1 or seq in prefixes:
+            k = next_k.get(seq, 0) + 1
+            next_k[seq] = k
+            max_k = max(max_k, k)
+        out.append((word, list(tokens), k))
+    return out, max_k
+
+
+def build_lexicon_fst(
+    lexicon: Sequence[Tuple[str, List[int]]],
+    word_table: Dict[str, int],
+    first_token_disambig_id: int,
+):
+    """L with disambiguation symbols as a kaldifst ``StdVectorFst`` (tokens in, words out).
+
+    Each word is a path from the loop state 0 back to 0: the first token arc outputs the word,
+    a ``#k`` token ends ambiguous pronunciations, and ``#0:#0`` loops on state 0 so G's backoff
+    arcs survive composition. Token ids are used unchanged (they must be >= 1).
+    """
+    import kaldifst
+
+    entries, _ = add_disambig_symbols(lexicon)
+    fst = kaldifst.StdVectorFst()
+    loop = fst.add_state()
+    fst.start = loop
+    fst.set_final(loop, 0.0)
+    word_disambig = word_table["#0"]
+    fst.add_arc(loop, kaldifst.StdArc(first_token_disambig_id, word_disambig, 0.0, loop))
+    for word, tokens, k in entries:
+        if word not in word_table:
+            raise ValueError(f"lexicon word {word!r} is not in the word table")
+        if not tokens or min(tokens) < 1:
+            raise ValueError(f"word {word!r} needs token ids >= 1, got {tokens}")
+        labels = tokens + ([first_token_disambig_id + k] if k > 0 else [])
+        state = loop
+        for i, label in enumerate(labels):
+            next_state = loop if i == len(labels) - 1 else fst.add_state()
+            olabel = word_table[word] if i == 0 else 0
+            fst.add_arc(state, kaldifst.StdArc(label, olabel, 0.0, next_state))
+            state = next_state
+    return fst
+
+
+def compile_LG(
+    lexicon: Sequence[Tuple[str, List[int]]],
+    arpa_file: FilePath,
+    word_table: Dict[str, int],
+    vocab_size: int,
+    max_order: int = -1,
+) -> Fsa:
+    """Compile LG for ``fast_beam_search``: labels = token ids, aux labels = word ids.
+
+    Steps (icefall's compile_lg.py with kaldifst instead of k2): G from the ARPA via kaldilm
+    (``#0`` on backoff arcs), L with disambiguation symbols, compose; then disambiguation
+    symbols become epsilons, which are removed. The graph is not determinized: determinization
+    would delay word labels onto disambiguation arcs, which a one-aux-label-per-arc FSA cannot
+    keep once they become epsilons. ``fast_beam_search`` does not need a deterministic graph.
+
+    Args:
+      lexicon: ``(word, token ids)`` pronunciations; token ids in 1..vocab_size-1.
+      arpa_file: ARPA n-gram LM over the words of ``word_table``.
+      word_table: words.txt mapping (see :func:`make_word_table`); must contain ``#0``.
+      vocab_size: number of tokens (disambiguation ids start at ``vocab_size``).
+      max_order: highest n-gram order of the ARPA to use (-1 = all).
+    Returns:
+      The LG graph with log-domain scores (LM log-probs, natural log).
+    """
+    import tempfile
+
+    import kaldifst
+    import kaldilm
+
+    arpa_file = Path(arpa_file)
+    if not arpa_file.is_file():
+        raise FileNotFoundError(f"ARPA language model {arpa_file} does not exist")
+    with tempfile.TemporaryDirectory() as tmp:
+        words_txt = Path(tmp) / "words.txt"
+        write_symbol_table(word_table, words_txt)
+        g_text = kaldilm.arpa2fst(
+            str(arpa_file),
+            disambig_symbol="#0",
+            read_symbol_table=str(words_txt),
+            max_order=max_order,
+        )
+    G = kaldifst.compile(g_text, acceptor=False)
+    kaldifst.arcsort(G, sort_type="ilabel")
+    L = build_lexicon_fst(lexicon, word_table, first_token_disambig_id=vocab_size)
+    kaldifst.arcsort(L, sort_type="olabel")
+    LG = kaldifst.compose(L, G)
+    kaldifst.connect(LG)
+    lg = fsa_from_openfst(LG)
+    return _remove_disambig(lg, vocab_size, word_table["#0"])
+
+
+def _remove_disambig(lg: Fsa, vocab_size: int, first_word_disambig: int) -> Fsa:
+    """Turn disambiguation labels into epsilons and remove epsilon arcs with kaldifst."""
+    import kaldifst
+
+    labels = lg.labels.clone()
+    aux = lg.aux_labels.clone()
+    labels[labels >= vocab_size] = 0
+    aux[aux >= first_word_disambig] = 0
+    lines = [
+        f"{s} {d} {i} {o} {-w}"
+        for s, d, i, o, w in zip(
+            lg.src.tolist(), lg.dst.tolist(), labels.tolist(), aux.tolist(), lg.scores.tolist()
+        )
+    ]
+    lines += [f"{s} {-w}" for s, w in enumerate(lg.final_scores.tolist()) if w != -math.inf]
+    if lg.num_arcs > 0:
+        # OpenFst text takes the first line's state as start; put the start state first.
+        first = [ln for ln in lines if int(ln.split()[0]) == lg.start]
+        rest = [ln for ln in lines if int(ln.split()[0]) != lg.start]
+        lines = first + rest
+    fst = kaldifst.compile("\n".join(lines) + "\n", acceptor=False)
+    kaldifst.rmepsilon(fst)
+    kaldifst.connect(fst)
+    kaldifst.arcsort(fst, sort_type="ilabel")
+    out = fsa_from_openfst(fst)
+    if out.num_arcs and int(out.labels.min()) < 1:
+        raise ValueError("LG still has epsilon input labels after epsilon removal")
+    return out
+
+
+def read_lexicon(filename: FilePath) -> List[Tuple[str, List[str]]]:
+    """``word tok1 tok2 ...`` per line (icefall's lexicon.txt)."""
+    entries = []
+    for line_no, line in enumerate(Path(filename).read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2:
+            raise ValueError(f"{filename}:{line_no}: word without tokens: {line!r}")
+        entries.append((fields[0], fields[1:]))
+    return entries
+
+
+def lexicon_from_bpe(words: Iterable[str], sp) -> List[Tuple[str, List[int]]]:
+    """Pronunciations of ``words`` as the sentencepiece ids ``sp.encode(word)``."""
+    return [(w, sp.encode(w, out_type=int)) for w in words]
+
+
+def save_fsa(fsa: Fsa, filename: FilePath) -> None:
+    torch.save(fsa.as_dict(), str(filename))
+
+
+def load_fsa(filename: FilePath, device: Union[str, torch.device] = "cpu") -> Fsa:
+    return Fsa.from_dict(torch.load(str(filename), map_location=device, weights_only=True))
