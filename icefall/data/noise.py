@@ -148,10 +148,14 @@ def make_noise_set(
     Babble: ``num_babble`` clips, each the sum of 3-6 different training speakers read from
     ``train_recordings`` (a lhotse recording manifest). Coloured noise: ``num_coloured`` clips
     cycling white/pink/brown. All clips are ``clip_seconds`` long, 16 kHz mono FLAC in
-    ``audio_dir``; manifests go to ``manifest_dir``.
+    ``audio_dir``; manifests go to ``manifest_dir``. Nothing is done when both manifests exist.
     """
     from lhotse import Recording, RecordingSet
 
+    outputs = [manifest_dir / f"musan_recordings_{k}.jsonl.gz" for k in ("speech", "noise")]
+    if all(p.exists() for p in outputs):
+        logging.info(f"{outputs[0]} and {outputs[1].name} exist: nothing to do")
+        return
     audio_dir.mkdir(parents=True, exist_ok=True)
     manifest_dir.mkdir(parents=True, exist_ok=True)
     num_samples = int(clip_seconds * SAMPLE_RATE)
@@ -169,12 +173,8 @@ def make_noise_set(
         path = audio_dir / f"{colour}-{i:04d}.flac"
         _write_flac(path, coloured_noise(colour, num_samples, rng))
         noise_recs.append(Recording.from_file(path, recording_id=path.stem))
-    RecordingSet.from_recordings(babble_recs).to_file(
-        manifest_dir / "musan_recordings_speech.jsonl.gz"
-    )
-    RecordingSet.from_recordings(noise_recs).to_file(
-        manifest_dir / "musan_recordings_noise.jsonl.gz"
-    )
+    RecordingSet.from_recordings(noise_recs).to_file(outputs[1])
+    RecordingSet.from_recordings(babble_recs).to_file(outputs[0])
     logging.info(
         f"noise set: {num_babble} babble + {num_coloured} coloured clips of {clip_seconds} s "
         f"in {audio_dir}, manifests in {manifest_dir}"

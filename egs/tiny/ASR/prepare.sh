@@ -141,8 +141,11 @@ if run_stage 5; then
   if is_done "$marker"; then
     log "Stage 5: already done"
   else
-    find "$dl_dir/tiny/train" -name "*.trans.txt" | sort | xargs cat | cut -d ' ' -f 2- \
-      > "$lang_dir/transcript_words.txt"
+    if [ ! -f "$lang_dir/transcript_words.txt" ]; then
+      find "$dl_dir/tiny/train" -name "*.trans.txt" | sort | xargs cat | cut -d ' ' -f 2- \
+        > "$lang_dir/transcript_words.tmp"
+      mv "$lang_dir/transcript_words.tmp" "$lang_dir/transcript_words.txt"
+    fi
     python3 -m icefall.data.train_bpe --transcript "$lang_dir/transcript_words.txt" \
       --lang-dir "$lang_dir" --vocab-size "$vocab_size"
     mark_done "$marker"
