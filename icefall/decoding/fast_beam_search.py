@@ -404,9 +404,9 @@ def fast_beam_search_nbest(
         temperature,
         blank_penalty=blank_penalty,
     )
-    generator = _generator(seed, encoder_out.device)
     out = []
     for lat in lattices:
+        generator = _generator(seed, encoder_out.device)
         seqs = lat.sample_sequences(num_paths, nbest_scale, use_aux=False, generator=generator)
         scores = lat.sequence_scores(seqs, use_aux=False)
         out.append(list(seqs[int(scores.argmax())]) if seqs else [])
@@ -443,9 +443,9 @@ def fast_beam_search_nbest_LG(
         temperature,
         blank_penalty=blank_penalty,
     )
-    generator = _generator(seed, encoder_out.device)
     out = []
     for lat in lattices:
+        generator = _generator(seed, encoder_out.device)
         seqs = lat.sample_sequences(num_paths, nbest_scale, use_aux=True, generator=generator)
         scores = lat.sequence_scores(seqs, use_aux=True)
         out.append(list(seqs[int(scores.argmax())]) if seqs else [])
@@ -487,9 +487,9 @@ def fast_beam_search_nbest_oracle(
         temperature,
         blank_penalty=blank_penalty,
     )
-    generator = _generator(seed, encoder_out.device)
     out = []
     for lat, ref in zip(lattices, ref_texts):
+        generator = _generator(seed, encoder_out.device)
         seqs = lat.sample_sequences(num_paths, nbest_scale, use_aux=False, generator=generator)
         if not seqs:
             out.append([])
@@ -500,6 +500,7 @@ def fast_beam_search_nbest_oracle(
 
 
 def _generator(seed: Optional[int], device: torch.device) -> Optional[torch.Generator]:
+    """A generator seeded per utterance, so batched and one-by-one decoding sample alike."""
     if seed is None:
         return None
     return torch.Generator(device=device).manual_seed(seed)

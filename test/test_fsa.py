@@ -1,0 +1,144 @@
+"""Tensor FSA: construction, OpenFst conversion, trivial graph, LG compilation."""
+
+from __future__ import annotations
+
+import math
+
+import kaldifst
+import pytest
+import torch
+
+from icefall.decoding.fsa import (
+    Fsa,
+    add_disambig_symbols,
+    build_lexicon_fst,
+    compile_LG,
+    fsa_from_openfst,
+    fsa_from_openfst_text,
+    load_fsa,
+    make_word_table,
+    read_lexicon,
+    read_openfst,
+    save_fsa,
+    trivial_graph,
+)
+
+
+def test_trivial_graph():
+    g = trivial_graph(5)
+    assert g.num_states == 1 and g.num_arcs == 5
+    assert g.labels.tolist() == [1, 2, 3, 4, 5]
+    assert g.aux_labels.tolist() == [1, 2, 3, 4, 5]
+    assert g.dst.tolist() == [0] * 5 and g.scores.abs().sum() == 0
+    assert g.final_scores.tolist() == [0.0]
+    assert g.arc_begin.tolist() == [0, 5]
+
+
+def test_from_arcs_sorts_by_state_and_label():
+    fsa = Fsa.from_arcs(
+        3, 0, [(1, 2, 7, 0, -1.0), (0, 1, 5, 9, -0.5), (0, 2, 3, 0, 0.0)], {2: -0.25}
+    )
+    assert fsa.src.tolist() == [0, 0, 1]
+    assert fsa.labels.tolist() == [3, 5, 7]
+    assert fsa.arc_begin.tolist() == [0, 2, 3, 3]
+    assert fsa.final_scores.tolist() == [-math.inf, -math.inf, -0.25]
+    with pytest.raises(ValueError, match="outside"):
+        Fsa.from_arcs(2, 0, [(0, 5, 1, 1, 0.0)], {})
+
+
+def test_openfst_conversion_negates_weights(tmp_path):
+    text = "0 1 3 4 0.5\n1 2 5 0 1.0\n1 1 2 2\n2 0.25\n"
+    fst = kaldifst.compile(text, acceptor=False)
+    fsa = fsa_from_openfst(fst)
+    assert fsa.num_states == 3 and fsa.start == 0
+    assert fsa.labels.tolist() == [3, 2, 5]
+    assert fsa.aux_labels.tolist() == [4, 2, 0]
+    assert fsa.scores.tolist() == pytest.approx([-0.5, 0.0, -1.0])
+    assert fsa.final_scores[2].item() == pytest.approx(-0.25)
+    fst.write(str(tmp_path / "a.fst"))
+    again = read_openfst(tmp_path / "a.fst")
+    assert torch.equal(again.labels, fsa.labels) and torch.equal(again.scores, fsa.scores)
+    save_fsa(fsa, tmp_path / "a.pt")
+    loaded = load_fsa(tmp_path / "a.pt")
+    assert loaded.start == fsa.start and torch.equal(loaded.dst, fsa.dst)
+
+
+def test_openfst_text_errors():
+    with pytest.raises(ValueError, match="line 2"):
+        fsa_from_openfst_text("0 1 1 1\n0 1 x\n")
+
+
+def test_disambig_symbols():
+    entries, max_k = add_disambig_symbols(
+        [("a", [1]), ("ab", [1, 2]), ("b", [2]), ("bee", [2]), ("c", [3])]
+    )
+    ks = {w: k for w, _, k in entries}
+    assert ks["a"] == 1  # prefix of "ab"
+    assert ks["ab"] == 0 and ks["c"] == 0
+    assert {ks["b"], ks["bee"]} == {1, 2}  # homophones
+    assert max_k == 2
+
+
+def test_lexicon_fst_maps_tokens_to_words():
+    words = make_word_table(["a", "ab"])
+    lexicon_fst = build_lexicon_fst([("a", [1]), ("ab", [1, 2])], words, 10)
+    fsa = fsa_from_openfst(lexicon_fst)
+    first_arcs = fsa.arc_begin[fsa.start], fsa.arc_begin[fsa.start + 1]
+    outs = set(fsa.aux_labels[first_arcs[0] : first_arcs[1]].tolist())
+    assert {words["a"], words["ab"], words["#0"]} <= outs
+    with pytest.raises(ValueError, match="not in the word table"):
+        build_lexicon_fst([("zz", [1])], words, 10)
+
+
+def test_read_lexicon(tmp_path):
+    (tmp_path / "lexicon.txt").write_text("HELLO ▁HE LLO\nWORLD ▁WORLD\n")
+    assert read_lexicon(tmp_path / "lexicon.txt") == [
+        ("HELLO", ["▁HE", "LLO"]),
+        ("WORLD", ["▁WORLD"]),
+    ]
+    (tmp_path / "bad.txt").write_text("LONELY\n")
+    with pytest.raises(ValueError, match="without tokens"):
+        read_lexicon(tmp_path / "bad.txt")
+
+
+UNIGRAM_ARPA = """\\data\\
+ngram 1=4
+
+\\1-grams:
+-1.0 <s>
+-0.5 </s>
+-0.3 X
+-0.6 YZ
+
+\\end\\
+"""
+
+
+def test_compile_LG_unigram(tmp_path):
+    arpa = tmp_path / "lm.arpa"
+    arpa.write_text(UNIGRAM_ARPA)
+    words = make_word_table(["X", "YZ"])
+    lg = compile_LG([("X", [1]), ("YZ", [2, 3])], arpa, words, vocab_size=5)
+    ln10 = math.log(10)
+    assert int(lg.labels.min()) >= 1 and int(lg.labels.max()) <= 4
+    # From the start: X (one arc) or YZ (two arcs, word on the first).
+    start_arcs = range(int(lg.arc_begin[lg.start]), int(lg.arc_begin[lg.start + 1]))
+    by_label = {int(lg.labels[a]): a for a in start_arcs}
+    assert set(by_label) == {1, 2}
+    assert int(lg.aux_labels[by_label[1]]) == words["X"]
+    assert float(lg.scores[by_label[1]]) == pytest.approx(-0.3 * ln10, abs=1e-4)
+    assert int(lg.aux_labels[by_label[2]]) == words["YZ"]
+    mid = int(lg.dst[by_label[2]])
+    mid_arcs = range(int(lg.arc_begin[mid]), int(lg.arc_begin[mid + 1]))
+    assert [int(lg.labels[a]) for a in mid_arcs] == [3]
+    assert float(lg.final_scores.max()) == pytest.approx(-0.5 * ln10, abs=1e-4)
+    with pytest.raises(FileNotFoundError, match="ARPA"):
+        compile_LG([("X", [1])], tmp_path / "missing.arpa", words, vocab_size=5)
+
+
+def test_fsa_to_device_and_scale():
+    g = trivial_graph(3)
+    lg = Fsa.from_arcs(2, 0, [(0, 1, 1, 1, -2.0)], {1: -1.0})
+    scaled = lg.scaled(0.5)
+    assert scaled.scores.tolist() == [-1.0] and scaled.final_scores.tolist() == [-math.inf, -0.5]
+    assert g.to("cpu").device.type == "cpu"
