@@ -71,10 +71,18 @@ def _train(transcript: Path, model_path: Path, vocab_size: int) -> None:
         except RuntimeError as error:
             raise BpeTrainingError(
                 f"sentencepiece failed on {transcript} with vocab size {vocab_size}: {error} "
-                "(a small transcript needs a smaller --vocab-size)"
+                f"({_vocab_size_hint(str(error))})"
             ) from error
         shutil.move(f"{prefix}.model", model_path)
     logging.info(f"trained {model_path} (vocab size {vocab_size})")
+
+
+def _vocab_size_hint(message: str) -> str:
+    if "required_chars" in message:
+        return "every character needs a token: use a larger --vocab-size"
+    if "too high" in message:
+        return "the transcript is too small for this vocabulary: use a smaller --vocab-size"
+    return "check the transcript and --vocab-size"
 
 
 def write_tokens(model_path: Path, tokens_path: Path) -> None:

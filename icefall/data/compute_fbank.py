@@ -29,16 +29,7 @@ from lhotse import CutSet, load_manifest
 from lhotse.qa import fix_manifests
 
 from icefall.data.fbank import compute_features, log_report, speed_perturb
-
-
-def str2bool(value: str) -> bool:
-    """Parse a command-line boolean (true/false, yes/no, 1/0)."""
-    lowered = value.lower()
-    if lowered in ("true", "t", "yes", "y", "1"):
-        return True
-    if lowered in ("false", "f", "no", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
+from icefall.utils import str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
