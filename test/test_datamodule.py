@@ -292,3 +292,22 @@ def test_on_the_fly_features_skip_corrupt_audio(
     assert sorted(i for b in batches for i in batch_ids(b)) == ["o-000", "o-001"]
     assert batches[0]["inputs"].shape == (2, 200, 80)
     assert "skipping cut o-002" in caplog.text
+
+
+def test_tiny_corpus_batches(tiny_ci_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prepared ci-size tiny corpus: corpus detected from the folder, BPE filter, batches."""
+    import sentencepiece as spm
+
+    monkeypatch.chdir(tiny_ci_dir)
+    args = parse_args(["--max-duration", "30", "--num-workers", "0"])
+    assert args.corpus == "tiny"
+    data = AsrDataModule(args)
+    sp = spm.SentencePieceProcessor(model_file=str(tiny_ci_dir / TINY.lang_dir / "bpe.model"))
+    train = filter_cuts(data.train_cuts(), sp=sp, name="tiny train")
+    batch = next(iter(data.train_dataloaders(train)))
+    assert batch["inputs"].shape[0] == len(batch["supervisions"]["text"]) >= 1
+    assert batch["inputs"].shape[2] == 80 and torch.isfinite(batch["inputs"]).all()
+    assert train.data.stats.kept >= 1
+    assert list(data.test_cuts()) == ["test-clean", "test-other"]
+    valid = [i for b in data.valid_dataloaders(data.valid_cuts()) for i in batch_ids(b)]
+    assert sorted(valid) == sorted(c.id for c in data.valid_cuts())
