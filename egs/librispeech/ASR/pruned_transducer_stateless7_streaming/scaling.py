@@ -127,11 +127,12 @@ class BasicNorm(nn.Module):
         if x.shape[self.channel_dim] != self.num_channels:
             raise ValueError(
                 f"BasicNorm expects {self.num_channels} channels on dim {self.channel_dim}, "
-                f"got shape {tuple(x.shape)}"
+                f"got shape {list(x.shape)}"
             )
         eps = self.eps
-        if self.training and not torch.jit.is_scripting() and random.random() < 0.25:
-            eps = eps.clamp(min=self.eps_min, max=self.eps_max)
+        if not torch.jit.is_scripting():
+            if self.training and random.random() < 0.25:
+                eps = eps.clamp(min=self.eps_min, max=self.eps_max)
         scales = (torch.mean(x**2, dim=self.channel_dim, keepdim=True) + eps.exp()) ** -0.5
         return x * scales
 

@@ -698,7 +698,7 @@ class ZipformerEncoder(nn.Module):
         self.warmup_begin = warmup_begin
         self.warmup_end = warmup_end
         # Seeds the RNG that decides how many layers to drop, shared by all DDP workers.
-        self.module_seed = int(torch.randint(0, 1000, ()).item())
+        self.module_seed = int(torch.randint(0, 1000, (), device="cpu").item())
 
         self.encoder_pos = RelPositionalEncoding(encoder_layer.d_model, dropout)
         self.layers = nn.ModuleList([copy.deepcopy(encoder_layer) for _ in range(num_layers)])
@@ -772,8 +772,9 @@ class ZipformerEncoder(nn.Module):
           (T, N, d_model).
         """
         pos_emb = self.encoder_pos(src)
-        output = src * feature_mask
         if torch.jit.is_scripting():
+            # Scripted models are for inference, where the feature mask is always 1.0.
+            output = src
             for layer in self.layers:
                 output = layer(
                     output,
@@ -781,8 +782,8 @@ class ZipformerEncoder(nn.Module):
                     attn_mask=attn_mask,
                     src_key_padding_mask=src_key_padding_mask,
                 )
-                output = output * feature_mask
         else:
+            output = src * feature_mask
             layers_to_drop = self.get_layers_to_drop(src.numel() + random.randint(0, 1000))
             for i, layer in enumerate(self.layers):
                 if i in layers_to_drop:
@@ -983,8 +984,9 @@ class AttentionDownsample(nn.Module):
             src = torch.cat((src, src[seq_len - 1 :].expand(pad, batch_size, in_channels)), dim=0)
         src = src.reshape(d_seq_len, ds, batch_size, in_channels)
         scores = (src * self.query).sum(dim=-1, keepdim=True)
-        if self.training and not torch.jit.is_scripting() and not torch.jit.is_tracing():
-            scores = penalize_abs_values_gt(scores, limit=10.0, penalty=1.0e-04)
+        if not torch.jit.is_scripting():
+            if self.training:
+                scores = penalize_abs_values_gt(scores, limit=10.0, penalty=1.0e-04)
         weights = scores.softmax(dim=1)
         ans = (src * weights).sum(dim=1)
         if self.extra_proj is not None:
@@ -1065,13 +1067,13 @@ class RelPositionalEncoding(nn.Module):
 
     def _make_table(self, length: int, device: torch.device, dtype: torch.dtype) -> Tensor:
         """(1, 2 * length - 1, d_model) table, row k for relative position length - 1 - k."""
-        position = torch.arange(0, length, dtype=torch.float32).unsqueeze(1)
+        position = torch.arange(0, length, dtype=torch.float32, device=device).unsqueeze(1)
         div_term = torch.exp(
-            torch.arange(0, self.d_model, 2, dtype=torch.float32)
+            torch.arange(0, self.d_model, 2, dtype=torch.float32, device=device)
             * -(math.log(10000.0) / self.d_model)
         )
-        pe_positive = torch.zeros(length, self.d_model)
-        pe_negative = torch.zeros(length, self.d_model)
+        pe_positive = torch.zeros(length, self.d_model, device=device)
+        pe_negative = torch.zeros(length, self.d_model, device=device)
         pe_positive[:, 0::2] = torch.sin(position * div_term)
         pe_positive[:, 1::2] = torch.cos(position * div_term)
         pe_negative[:, 0::2] = torch.sin(-1 * position * div_term)
@@ -1206,16 +1208,15 @@ class RelPositionMultiheadAttention(nn.Module):
         pos_weights = _relative_to_absolute(torch.matmul(p, pos), num_keys)
         return torch.matmul(q, k) + pos_weights
 
-    def _weighted_values(self, attn_weights: Tensor, v: Tensor, out_proj: nn.Linear) -> Tensor:
-        """attn_weights (N * H, T, S) applied to values v (S, N, A // 2), then out_proj.
-        Returns (T, N, embed_dim)."""
+    def _weighted_values(self, attn_weights: Tensor, v: Tensor) -> Tensor:
+        """attn_weights (N * H, T, S) applied to values v (S, N, A // 2).
+        Returns (T, N, A // 2), heads concatenated."""
         num_keys, batch_size, _ = v.shape
         seq_len = attn_weights.shape[1]
         value_head_dim = self.head_dim // 2
         v = v.reshape(num_keys, batch_size * self.num_heads, value_head_dim).transpose(0, 1)
         out = torch.bmm(attn_weights, v)
-        out = out.transpose(0, 1).contiguous().view(seq_len, batch_size, self.attention_dim // 2)
-        return out_proj(out)
+        return out.transpose(0, 1).contiguous().view(seq_len, batch_size, self.attention_dim // 2)
 
     def forward(
         self,
@@ -1263,7 +1264,7 @@ class RelPositionMultiheadAttention(nn.Module):
             attn_weights = attn_weights.masked_fill(mask, 0.0)
         attn_weights = attn_weights.reshape(batch_size * self.num_heads, seq_len, seq_len)
         attn_weights = nn.functional.dropout(attn_weights, p=self.dropout, training=self.training)
-        return self._weighted_values(attn_weights, v, self.out_proj), attn_weights
+        return self.out_proj(self._weighted_values(attn_weights, v)), attn_weights
 
     def forward2(self, x: Tensor, attn_weights: Tensor) -> Tensor:
         """Second attention pass with the weights of :meth:`forward`.
@@ -1275,7 +1276,7 @@ class RelPositionMultiheadAttention(nn.Module):
           (T, N, embed_dim).
         """
         v = self.whiten_values2(self.in_proj2(x))
-        return self._weighted_values(attn_weights, v, self.out_proj2)
+        return self.out_proj2(self._weighted_values(attn_weights, v))
 
     def streaming_forward(
         self, x: Tensor, pos_emb: Tensor, cached_key: Tensor, cached_val: Tensor
@@ -1300,7 +1301,7 @@ class RelPositionMultiheadAttention(nn.Module):
         attn_weights = softmax(scores, dim=-1).reshape(
             batch_size * self.num_heads, seq_len, num_keys
         )
-        out = self._weighted_values(attn_weights, v, self.out_proj)
+        out = self.out_proj(self._weighted_values(attn_weights, v))
         return out, attn_weights, k[num_keys - left_context_len :], v[num_keys - left_context_len :]
 
     def streaming_forward2(
@@ -1315,7 +1316,7 @@ class RelPositionMultiheadAttention(nn.Module):
         """
         left_context_len = cached_val.shape[0]
         v = torch.cat([cached_val, self.in_proj2(x)], dim=0)
-        out = self._weighted_values(attn_weights, v, self.out_proj2)
+        out = self.out_proj2(self._weighted_values(attn_weights, v))
         return out, v[v.shape[0] - left_context_len :]
 
 
