@@ -3,8 +3,10 @@
 ``tiny_ci_dir``: a prepared ``ci``-size tiny corpus (all stages of ``egs/tiny/ASR/prepare.sh``).
 It returns a directory ``.../egs/tiny/ASR`` (so corpus auto-detection from the current directory
 works) holding ``data/`` (manifests, fbank cuts, ``lang_bpe_256``) and ``download/tiny``, with
-symlinks to the recipe's ``prepare.sh``, ``local``, ``shared`` and recipe folder. Tests may read
-it but must not write into it: copy what you need to ``tmp_path``.
+symlinks to the recipe's ``prepare.sh``, ``local``, ``shared`` and recipe folder. Feature paths
+in the cut manifests are relative to that directory (as in icefall), so a test that loads features
+should ``monkeypatch.chdir(tiny_ci_dir)``. Tests may read it but must not write into it: copy what
+you need to ``tmp_path`` (or pass ``--exp-dir`` under ``tmp_path``).
 
 The prepared directory is cached under the pytest cache, keyed by a hash of every source file the
 preparation runs, so repeated local runs reuse it; a fresh checkout (CI) builds it once per session.

@@ -227,8 +227,10 @@ def test_ci_corpus_layout_and_splits(tiny_ci_dir):
     assert "piper" not in train_engines
 
 
-def test_ci_prepare_outputs(tiny_ci_dir):
+def test_ci_prepare_outputs(tiny_ci_dir, monkeypatch):
     from lhotse import load_manifest
+
+    monkeypatch.chdir(tiny_ci_dir)  # feature paths are relative to egs/tiny/ASR, as in icefall
 
     data = tiny_ci_dir / "data"
     summary = json.loads((tiny_ci_dir / "download/tiny/meta/summary.json").read_text())

@@ -116,7 +116,9 @@ if run_stage 3; then
     python3 -m icefall.data.compute_fbank --manifest-dir data/manifests --output-dir data/fbank \
       --prefix tiny --parts "${parts[@]}" --perturb-speed-parts train \
       --perturb-speed "$perturb_speed" --num-jobs "$nj"
-    python3 -m icefall.data.validate_manifest "${parts[@]/#/data/fbank/tiny_cuts_}"
+    cuts=()
+    for part in "${parts[@]}"; do cuts+=("data/fbank/tiny_cuts_${part}.jsonl.gz"); done
+    python3 -m icefall.data.validate_manifest "${cuts[@]}"
     mark_done "$marker"
   fi
 fi
