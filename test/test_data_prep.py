@@ -250,3 +250,28 @@ def test_manifest_names_follow_icefall(prepared: Path) -> None:
         load_manifest(prepared / "manifests" / "toy_supervisions_dev-clean-2.jsonl.gz"),
         SupervisionSet,
     )  # noqa: E501
+
+
+def test_parallel_extraction_matches_single_job(
+    prepared: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from icefall.data import fbank
+
+    monkeypatch.setattr(fbank, "MIN_CUTS_PER_JOB", 1)
+    cuts = CutSet.from_manifests(
+        recordings=load_manifest(prepared / "manifests" / "toy_recordings_dev-clean-2.jsonl.gz"),
+        supervisions=load_manifest(
+            prepared / "manifests" / "toy_supervisions_dev-clean-2.jsonl.gz"
+        ),  # noqa: E501
+    )
+    one = fbank.compute_features(cuts, tmp_path / "one", tmp_path / "one.jsonl.gz", num_jobs=1)
+    two = fbank.compute_features(cuts, tmp_path / "two", tmp_path / "two.jsonl.gz", num_jobs=2)
+    assert one.num_done == two.num_done == 4
+    assert len(list((tmp_path / "two").glob("feats-*.lca"))) == 2
+    single, parallel = (
+        load_manifest(tmp_path / "one.jsonl.gz"),
+        load_manifest(tmp_path / "two.jsonl.gz"),
+    )
+    assert [c.id for c in single] == [c.id for c in parallel] == [c.id for c in cuts]
+    for a, b in zip(single, parallel):
+        np.testing.assert_array_equal(a.load_features(), b.load_features())

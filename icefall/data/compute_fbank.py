@@ -22,13 +22,15 @@ import gzip
 import logging
 import random
 import tempfile
+from concurrent.futures import Executor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 from lhotse import CutSet, load_manifest
 from lhotse.qa import fix_manifests
 
-from icefall.data.fbank import compute_features, log_report, speed_perturb
+from icefall.data.fbank import compute_features, feature_pool, log_report, speed_perturb
 from icefall.utils import str2bool
 
 
@@ -83,7 +85,13 @@ def load_part_cuts(manifest_dir: Path, prefix: str, part: str) -> Optional[CutSe
 
 
 def compute_part(
-    manifest_dir: Path, output_dir: Path, prefix: str, part: str, perturb: bool, num_jobs: int
+    manifest_dir: Path,
+    output_dir: Path,
+    prefix: str,
+    part: str,
+    perturb: bool,
+    num_jobs: int,
+    executor: Optional[Executor] = None,
 ) -> None:
     """Compute features for one part unless its cut manifest already exists."""
     output = cuts_path(output_dir, prefix, part)
@@ -98,7 +106,9 @@ def compute_part(
         cuts = speed_perturb(cuts)
     logging.info(f"{part}: computing fbank for {len(cuts)} cuts with {num_jobs} job(s)")
     storage_dir = output_dir / f"{prefix}_feats_{part}"
-    report = compute_features(cuts, storage_dir, output, num_jobs=num_jobs, desc=part)
+    report = compute_features(
+        cuts, storage_dir, output, num_jobs=num_jobs, desc=part, executor=executor
+    )
     log_report(report, part)
 
 
@@ -160,9 +170,20 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO)
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    for part in args.parts:
-        perturb = args.perturb_speed and part in args.perturb_speed_parts
-        compute_part(args.manifest_dir, args.output_dir, args.prefix, part, perturb, args.num_jobs)
+    with ExitStack() as stack:
+        # One pool for all parts: every worker process imports torch and lhotse only once.
+        pool = stack.enter_context(feature_pool(args.num_jobs)) if args.num_jobs > 1 else None
+        for part in args.parts:
+            perturb = args.perturb_speed and part in args.perturb_speed_parts
+            compute_part(
+                args.manifest_dir,
+                args.output_dir,
+                args.prefix,
+                part,
+                perturb,
+                args.num_jobs,
+                executor=pool,
+            )
     if args.train_all_shuf_parts:
         make_train_all_shuf(args.output_dir, args.prefix, args.train_all_shuf_parts, args.seed)
 

@@ -15,11 +15,11 @@ import logging
 import multiprocessing
 import tempfile
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from lhotse import CutSet, Fbank, FbankConfig, LilcomChunkyWriter, load_manifest_lazy
 from lhotse.cut import Cut
@@ -28,6 +28,8 @@ from tqdm import tqdm
 SAMPLING_RATE = 16000
 NUM_MEL_BINS = 80
 FRAME_SHIFT_S = 0.01
+# Fewer cuts than this per job are not worth a worker process.
+MIN_CUTS_PER_JOB = 100
 
 
 def fbank_config() -> FbankConfig:
@@ -125,6 +127,7 @@ def compute_features(
     output_manifest: Path,
     num_jobs: int = 1,
     desc: str = "fbank",
+    executor: Optional[Executor] = None,
 ) -> ExtractionReport:
     """Compute fbank features for all cuts and write the cut manifest with features attached.
 
@@ -137,8 +140,11 @@ def compute_features(
       cuts: cuts with recordings (eagerly loaded or lazy; they are materialised).
       storage_dir: folder for the feature archives (created; old archives are overwritten).
       output_manifest: the ``.jsonl.gz`` cut manifest to write.
-      num_jobs: number of worker processes (1 = in this process).
+      num_jobs: number of parallel jobs; small sets use fewer (at least
+        ``MIN_CUTS_PER_JOB`` cuts per job), and one job runs in this process.
       desc: progress-bar label.
+      executor: a process pool to run the jobs in (see :func:`feature_pool`); one is made for
+        this call when it is None and more than one job runs.
     Returns:
       An :class:`ExtractionReport` with the count of skipped cuts per reason.
     """
@@ -147,26 +153,22 @@ def compute_features(
     storage_dir.mkdir(parents=True, exist_ok=True)
     output_manifest = Path(output_manifest)
     output_manifest.parent.mkdir(parents=True, exist_ok=True)
-    num_jobs = max(1, min(num_jobs, len(cut_list)))
-    chunk_size = (len(cut_list) + num_jobs - 1) // num_jobs if cut_list else 0
+    num_jobs = max(1, min(num_jobs, len(cut_list) // MIN_CUTS_PER_JOB))
+    chunk_size = -(-len(cut_list) // num_jobs)
     chunks = [cut_list[i * chunk_size : (i + 1) * chunk_size] for i in range(num_jobs)]
 
     report = ExtractionReport()
     with tempfile.TemporaryDirectory(dir=output_manifest.parent) as tmp:
         partial = [str(Path(tmp) / f"cuts-{i}.jsonl.gz") for i in range(num_jobs)]
         storage = [str(storage_dir / f"feats-{i}") for i in range(num_jobs)]
+        jobs = [(chunks[i], storage[i], partial[i], f"{desc} job {i}", i) for i in range(num_jobs)]
         if num_jobs == 1:
-            reports = [_extract_chunk(chunks[0], storage[0], partial[0], desc, 0)]
+            reports = [_extract_chunk(*jobs[0])]
+        elif executor is not None:
+            reports = [f.result() for f in [executor.submit(_extract_chunk, *j) for j in jobs]]
         else:
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(num_jobs, mp_context=context) as pool:
-                futures = [
-                    pool.submit(
-                        _extract_chunk, chunks[i], storage[i], partial[i], f"{desc} job {i}", i
-                    )
-                    for i in range(num_jobs)
-                ]
-                reports = [f.result() for f in futures]
+            with feature_pool(num_jobs) as pool:
+                reports = [f.result() for f in [pool.submit(_extract_chunk, *j) for j in jobs]]
         for job_report in reports:
             report.merge(job_report)
         tmp_manifest = Path(tmp) / output_manifest.name
@@ -176,6 +178,12 @@ def compute_features(
                     writer.write(cut)
         tmp_manifest.replace(output_manifest)
     return report
+
+
+def feature_pool(num_jobs: int) -> ProcessPoolExecutor:
+    """A process pool for :func:`compute_features` (``spawn``: no threads inherited from the
+    parent); reuse one for several calls, since every worker imports torch and lhotse once."""
+    return ProcessPoolExecutor(num_jobs, mp_context=multiprocessing.get_context("spawn"))
 
 
 def log_report(report: ExtractionReport, name: str) -> None:
