@@ -235,7 +235,8 @@ def test_filter_counts_unusable_cuts(
 
     durations = [2.0, 0.5, 25.0, 2.0, 1.2, 3.0]
     texts = ["ONE TWO", "ONE", "ONE", "   ", "ONE TWO THREE FOUR FIVE SIX SEVEN", "NINE TEN"]
-    cuts = make_cuts(tmp_path, "f", durations, texts)
+    cuts = make_cuts(tmp_path, "f", durations + [2.0], texts + ["EIGHT"])
+    cuts[6].supervisions[0].duration = 2.5  # ends after the cut
     assert encoder_frames(120) < len(texts[4])  # 29 encoder frames for 33 tokens
     caplog.set_level(logging.INFO)
     kept = filter_cuts(cuts, sp=CharTokens(), name="train")
@@ -247,10 +248,11 @@ def test_filter_counts_unusable_cuts(
         "too long": 1,
         "empty text": 1,
         "more tokens than frames": 1,
+        "invalid cut": 1,
     }
-    assert "kept 2/6 cuts" in caplog.text and "more tokens than frames: 1" in caplog.text
+    assert "kept 2/7 cuts" in caplog.text and "more tokens than frames: 1" in caplog.text
     # Counts restart with each iteration (epoch).
-    assert len(list(kept)) == 2 and kept.data.stats.num_removed == 4
+    assert len(list(kept)) == 2 and kept.data.stats.num_removed == 5
 
 
 def test_filter_drops_missing_or_empty_audio_for_on_the_fly(tmp_path: Path) -> None:

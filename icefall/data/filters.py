@@ -5,6 +5,8 @@
 - ``too short`` / ``too long``: duration outside ``[min_duration, max_duration]`` seconds
   (this includes empty audio, whose duration is 0);
 - ``empty text``: no supervision or only blank text;
+- ``invalid cut``: inconsistent manifest or a supervision outside the cut (lhotse's ASR dataset
+  would stop the epoch with an assertion);
 - ``more tokens than frames``: the BPE tokens outnumber the encoder frames after subsampling
   (the pruned RNN-T loss needs ``T' >= S``);
 - ``missing audio``: with ``check_audio=True`` (on-the-fly features), a source file that does not
@@ -26,10 +28,12 @@ from typing import Callable, Iterator, Optional
 from lhotse import CutSet
 from lhotse.cut import Cut
 from lhotse.lazy import LazyIteratorChain
+from lhotse.qa import validate_cut
 from lhotse.utils import compute_num_frames
 
 FRAME_SHIFT_S = 0.01
 WARNINGS_PER_REASON = 3
+SUPERVISION_TOLERANCE_S = 1e-3
 
 
 def encoder_frames(num_frames: int) -> int:
@@ -88,6 +92,8 @@ class CutChecker:
         text = " ".join((s.text or "").strip() for s in cut.supervisions).strip()
         if not text:
             return "empty text"
+        if not _is_consistent(cut):
+            return "invalid cut"
         if self.check_audio and not _audio_files_present(cut):
             return "missing audio"
         if self.sp is not None:
@@ -95,6 +101,19 @@ class CutChecker:
             if self.subsampling(_num_frames(cut)) < num_tokens:
                 return "more tokens than frames"
         return None
+
+
+def _is_consistent(cut: Cut) -> bool:
+    """The checks ``K2SpeechRecognitionDataset`` asserts on every batch: lhotse's manifest
+    validation and supervisions inside the cut (1 ms tolerance)."""
+    try:
+        validate_cut(cut)
+    except AssertionError:
+        return False
+    return all(
+        s.start >= -SUPERVISION_TOLERANCE_S and s.end <= cut.duration + SUPERVISION_TOLERANCE_S
+        for s in cut.supervisions
+    )
 
 
 def _num_frames(cut: Cut) -> int:
