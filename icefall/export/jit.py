@@ -54,6 +54,22 @@ def trace_forward(
         return torch.jit.trace(module, example_inputs, check_trace=check_trace)
 
 
+@contextlib.contextmanager
+def eager_branches_while_tracing() -> Iterator[None]:
+    """Makes ``torch.jit.is_tracing()`` return False, so a trace records the eager code path.
+
+    Model code sometimes takes a simpler branch under tracing (for example a decoder that skips
+    the clamp/mask of ``-1`` "no token" ids, meant for PNNX). Tracing inside this context
+    records the eager branch instead, which is what ONNX and TorchScript users need.
+    """
+    original = torch.jit.is_tracing
+    torch.jit.is_tracing = lambda: False
+    try:
+        yield
+    finally:
+        torch.jit.is_tracing = original
+
+
 def check_loads_without_toolkit(
     filename: PathLike,
     forbidden_modules: Sequence[str] = TOOLKIT_MODULES,

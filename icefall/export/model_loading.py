@@ -167,3 +167,16 @@ def load_model_from_params(
     num_params = sum(p.numel() for p in model.parameters())
     logging.info(f"Number of model parameters: {num_params}")
     return model
+
+
+def add_corpus_argument(parser: argparse.ArgumentParser) -> None:
+    """``--corpus`` (default: the ``egs/<corpus>/ASR`` folder we run in), which selects the
+    recipe's per-corpus defaults (model size, lang dir)."""
+    from icefall.data.corpora import CORPORA
+
+    parser.add_argument(
+        "--corpus",
+        default=None,
+        choices=sorted(CORPORA),
+        help="corpus whose defaults apply (default: detected from the current egs/<corpus>/ASR)",
+    )
