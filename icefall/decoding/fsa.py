@@ -441,3 +441,49 @@ def save_fsa(fsa: Fsa, filename: FilePath) -> None:
 
 def load_fsa(filename: FilePath, device: Union[str, torch.device] = "cpu") -> Fsa:
     return Fsa.from_dict(torch.load(str(filename), map_location=device, weights_only=True))
+
+
+def arpa_words(arpa_file: FilePath) -> List[str]:
+    """The words of an ARPA file's unigram section, without ``<s>``, ``</s>`` and ``<unk>``."""
+    words: List[str] = []
+    in_unigrams = False
+    with open(arpa_file, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("\\"):
+                in_unigrams = line == "\\1-grams:"
+                continue
+            fields = line.split()
+            if in_unigrams and len(fields) >= 2 and fields[1] not in ("<s>", "</s>", "<unk>"):
+                words.append(fields[1])
+    return words
+
+
+def load_or_compile_LG(
+    lang_dir: FilePath, arpa_file: FilePath, sp, vocab_size: int
+) -> Tuple[Fsa, Dict[str, int]]:
+    """LG for ``fast_beam_search_nbest_LG`` and its word table.
+
+    Uses ``lang_dir/LG.pt`` with ``lang_dir/words.txt`` when both exist. Otherwise compiles LG
+    from ``arpa_file``: pronunciations come from ``lang_dir/lexicon.txt`` (BPE pieces, mapped
+    with ``sp``) if present, else every ARPA word is spelled with ``sp.encode``.
+    """
+    lang_dir = Path(lang_dir)
+    if (lang_dir / "LG.pt").is_file() and (lang_dir / "words.txt").is_file():
+        return load_fsa(lang_dir / "LG.pt"), read_symbol_table(lang_dir / "words.txt")
+    if not Path(arpa_file).is_file():
+        raise FileNotFoundError(
+            f"fast_beam_search_nbest_LG needs {lang_dir}/LG.pt + words.txt, or an ARPA LM to "
+            f"compile it from: {arpa_file} does not exist (set --lm-arpa)"
+        )
+    lexicon_file = lang_dir / "lexicon.txt"
+    if lexicon_file.is_file():
+        lexicon = [
+            (word, [sp.piece_to_id(p) for p in pieces])
+            for word, pieces in read_lexicon(lexicon_file)
+        ]
+    else:
+        lexicon = lexicon_from_bpe(arpa_words(arpa_file), sp)
+    lexicon = [(w, toks) for w, toks in lexicon if toks and min(toks) > 0]
+    words = make_word_table(w for w, _ in lexicon)
+    return compile_LG(lexicon, arpa_file, words, vocab_size), words
