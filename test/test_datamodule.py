@@ -313,3 +313,20 @@ def test_tiny_corpus_batches(tiny_ci_dir: Path, monkeypatch: pytest.MonkeyPatch)
     assert list(data.test_cuts()) == ["test-clean", "test-other"]
     valid = [i for b in data.valid_dataloaders(data.valid_cuts()) for i in batch_ids(b)]
     assert sorted(valid) == sorted(c.id for c in data.valid_cuts())
+
+
+def test_batch_without_any_readable_cut_is_skipped(
+    corpus_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cuts = list(load_manifest(corpus_dir / "fbank" / "tiny_cuts_dev.jsonl.gz"))
+    for cut in cuts[:2]:
+        cut.features.storage_path = str(tmp_path / "missing.lca")
+    (tmp_path / "fbank").mkdir()
+    CutSet.from_cuts(cuts).to_file(tmp_path / "fbank" / "tiny_cuts_dev.jsonl.gz")
+    # The first two cuts (1.5 s, 2.0 s) are unreadable and form the first batch.
+    data = module(tmp_path, "--max-duration", "5.5", "--num-buckets", "1")
+    caplog.set_level(logging.WARNING)
+    batches = list(data.valid_dataloaders(data.valid_cuts()))
+    ids = sorted(i for b in batches for i in batch_ids(b))
+    assert ids == sorted(c.id for c in cuts[2:])
+    assert "skipping a batch of 2 cuts" in caplog.text

@@ -25,7 +25,9 @@ Resuming: ``train_dl.sampler.state_dict()`` describes the batches the training l
 
 Robustness: a cut whose features cannot be read (or whose audio cannot be decoded, with
 ``--on-the-fly-feats``) is dropped from its batch and counted with a warning instead of
-stopping the epoch.
+stopping the epoch; a batch in which no cut can be read is skipped with a warning. Cuts that
+are too short/long, have empty text or more tokens than encoder frames are removed earlier by
+:func:`icefall.data.filters.filter_cuts`.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from lhotse.dataset import (
     SimpleCutSampler,
     SpecAugment,
 )
-from lhotse.dataset.collation import collate_matrices
+from lhotse.dataset.collation import collate_matrices, read_audio_from_cuts
 from lhotse.dataset.input_strategies import AudioSamples, OnTheFlyFeatures, PrecomputedFeatures
 from lhotse.dataset.sampling.base import CutSampler, EpochDiagnostics
 from lhotse.utils import LOG_EPSILON
@@ -97,10 +99,10 @@ class _ConsumedBatchTracking:
 
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
-        consumed = self.consumed_batches
-        if consumed is not None and consumed in self._snapshots:
-            epoch = self.diagnostics.current_epoch
-            state["diagnostics"]["stats_per_epoch"][epoch] = dict(self._snapshots[consumed])
+        epoch = self.diagnostics.current_epoch
+        snapshot = self._snapshots.get(self.consumed_batches)
+        if snapshot is not None and snapshot["epoch"] == epoch:
+            state["diagnostics"]["stats_per_epoch"][epoch] = dict(snapshot)
         return state
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
@@ -132,17 +134,34 @@ class ResumableSimpleSampler(_ConsumedBatchTracking, SimpleCutSampler):
 
 
 class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` that tells its sampler how many batches the consumer has received."""
+    """A ``DataLoader`` that skips empty batches (None: every cut of the batch failed to load)
+    and tells a resumable sampler how many batches the consumer has received."""
 
     def __iter__(self) -> Iterator[Dict[str, Any]]:
         sampler = self.sampler
-        if not isinstance(sampler, _ConsumedBatchTracking):
-            yield from super().__iter__()
-            return
-        start = sampler.resume_position
+        tracking = isinstance(sampler, _ConsumedBatchTracking)
+        start = sampler.resume_position if tracking else 0
         for index, batch in enumerate(super().__iter__(), start=start + 1):
-            sampler.mark_consumed(index)
-            yield batch
+            if tracking:
+                sampler.mark_consumed(index)
+            if batch is not None:
+                yield batch
+
+
+class EmptyBatchError(RuntimeError):
+    """No cut of a batch could be loaded."""
+
+
+class RobustAsrDataset(K2SpeechRecognitionDataset):
+    """``K2SpeechRecognitionDataset`` that returns None (a skipped batch) instead of failing
+    when no cut of a batch can be loaded; single bad cuts are dropped by the input strategies."""
+
+    def __getitem__(self, cuts: CutSet) -> Optional[Dict[str, Any]]:
+        try:
+            return super().__getitem__(cuts)
+        except EmptyBatchError as error:
+            logging.warning(f"skipping a batch of {len(cuts)} cuts: {error}")
+            return None
 
 
 class _FailureCounter:
@@ -187,10 +206,9 @@ class RobustPrecomputedFeatures(PrecomputedFeatures):
             matrices.append(torch.from_numpy(_fit_frames(feats, cut.num_frames)))
             kept.append(cut)
         if not kept:
-            raise RuntimeError(
-                f"could not read the features of any cut in a batch of {len(cuts)} "
-                f"(e.g. {cuts[0].id}); check the feature files with "
-                "python -m icefall.data.validate_manifest --read-data"
+            raise EmptyBatchError(
+                f"no features could be read (e.g. cut {cuts[0].id}); check the feature files "
+                "with python -m icefall.data.validate_manifest --read-data"
             )
         features = collate_matrices(matrices, padding_value=LOG_EPSILON)
         lens = torch.tensor([cut.num_frames for cut in kept], dtype=torch.int32)
@@ -205,20 +223,31 @@ def _fit_frames(feats: np.ndarray, num_frames: int) -> np.ndarray:
     return np.concatenate([feats, pad])
 
 
-class CountingOnTheFlyFeatures(OnTheFlyFeatures):
-    """Fault-tolerant ``OnTheFlyFeatures`` that counts the cuts whose audio failed to load."""
+class RobustOnTheFlyFeatures(OnTheFlyFeatures):
+    """``OnTheFlyFeatures`` that drops (and counts) cuts whose audio cannot be read.
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, fault_tolerant=True, **kwargs)
+    Returns ``(features, feature_lens, cuts)``: features (B, T, F) padded with ``LOG_EPSILON``,
+    feature_lens (B,) int64, and the cuts that made it into the batch.
+    """
+
+    def __init__(self, extractor: Fbank) -> None:
+        super().__init__(extractor, fault_tolerant=True)
         self.failures = _FailureCounter("unreadable audio")
 
-    def __call__(self, cuts: CutSet, *args, **kwargs):
-        out = super().__call__(cuts, *args, **kwargs)
-        kept_ids = {cut.id for cut in out[-1]}
+    def __call__(self, cuts: CutSet, *args, **kwargs) -> Tuple[torch.Tensor, torch.Tensor, CutSet]:
+        audios, kept = read_audio_from_cuts(cuts, suppress_errors=True)
+        kept_ids = {cut.id for cut in kept}
         for cut in cuts:
             if cut.id not in kept_ids:
                 self.failures.record(cut.id, RuntimeError("audio could not be loaded"))
-        return out
+        if not audios:
+            raise EmptyBatchError(f"no audio could be read (e.g. cut {cuts[0].id})")
+        features = [
+            torch.from_numpy(self.extractor.extract(audio.numpy(), cut.sampling_rate))
+            for audio, cut in zip(audios, kept)
+        ]
+        lens = torch.tensor([f.shape[0] for f in features], dtype=torch.int64)
+        return collate_matrices(features, padding_value=LOG_EPSILON), lens, kept
 
 
 class _SeedWorkers:
@@ -417,7 +446,7 @@ class AsrDataModule:
     # ------------------------------------------------------------------ dataloaders
     def _input_strategy(self):
         if self.args.on_the_fly_feats:
-            return CountingOnTheFlyFeatures(Fbank(fbank_config()))
+            return RobustOnTheFlyFeatures(Fbank(fbank_config()))
         if self.args.input_strategy == "AudioSamples":
             return AudioSamples(fault_tolerant=True)
         return RobustPrecomputedFeatures()
@@ -461,7 +490,7 @@ class AsrDataModule:
             loader then continues with the batch after the last one that run received.
         """
         args = self.args
-        dataset = K2SpeechRecognitionDataset(
+        dataset = RobustAsrDataset(
             cut_transforms=self._concatenation() + self._noise_transform(),
             input_transforms=self._spec_augment(),
             input_strategy=self._input_strategy(),
@@ -498,7 +527,7 @@ class AsrDataModule:
         )
 
     def _eval_dataloader(self, cuts: CutSet) -> DataLoader:
-        dataset = K2SpeechRecognitionDataset(
+        dataset = RobustAsrDataset(
             cut_transforms=self._concatenation(),
             input_strategy=self._input_strategy(),
             return_cuts=self.args.return_cuts,
@@ -510,7 +539,7 @@ class AsrDataModule:
             )
         else:
             sampler = SimpleCutSampler(cuts, max_duration=self.args.max_duration, shuffle=False)
-        return DataLoader(
+        return ResumableDataLoader(
             dataset,
             sampler=sampler,
             batch_size=None,
