@@ -17,17 +17,108 @@ a time. The backward pass is the same recursion run on the lattice reversed per 
 gives the backward scores ``beta``); the gradients are the occupation probabilities
 ``exp(alpha + px + beta_next - total)``, computed in one vectorised step. No autograd graph is built
 inside the loops: the work is done under ``no_grad`` in a hand-written ``autograd.Function``.
+
+On CUDA, when Triton is importable, the step loop runs as one Triton kernel (one program per
+utterance walking all steps) instead of three PyTorch ops per step; it computes the same
+numbers as the pure-PyTorch loop, which stays the reference and the CPU path. The environment
+variable ``ICEFALL_MI_BACKEND`` chooses: ``auto`` (default), ``torch`` or ``triton``.
 """
 
-from __future__ import annotations
-
+import logging
+import os
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the pure-PyTorch loop is used
+    triton = None
+
 NEG_INF = float("-inf")
+BACKEND_ENV = "ICEFALL_MI_BACKEND"
+_triton_broken = False
+
+if triton is not None:
+
+    @triton.jit
+    def _wavefront_kernel(
+        from_below_ptr, from_left_ptr, steps_ptr, num_steps, batch, width, BLOCK: tl.constexpr
+    ):
+        """One program per utterance b; steps is (N, B, width + 1), column 0 = -inf."""
+        b = tl.program_id(0)
+        s = tl.arange(0, BLOCK)
+        inside = s < width
+        in_stride = batch * width
+        out_stride = batch * (width + 1)
+        in_base = b * width + s
+        out_base = b * (width + 1) + s
+        previous = tl.load(steps_ptr + out_base + 1, mask=inside, other=float("-inf"))
+        for n in range(1, num_steps):
+            below = tl.load(
+                steps_ptr + (n - 1) * out_stride + out_base, mask=inside, other=float("-inf")
+            )
+            x = tl.load(from_below_ptr + n * in_stride + in_base, mask=inside, other=float("-inf"))
+            y = tl.load(from_left_ptr + n * in_stride + in_base, mask=inside, other=float("-inf"))
+            via_symbol = below + x
+            via_blank = previous + y
+            high = tl.maximum(via_symbol, via_blank)
+            low = tl.minimum(via_symbol, via_blank)
+            current = tl.where(high == float("-inf"), high, high + tl.log(1.0 + tl.exp(low - high)))
+            tl.store(steps_ptr + n * out_stride + out_base + 1, current, mask=inside)
+            # Lane s reads lane s-1's value from memory on the next step.
+            tl.debug_barrier()
+            previous = current
+
+
+def _triton_num_warps(block: int) -> int:
+    """Warps per program: the steps are latency-bound, so few warps share each barrier."""
+    return min(max(block // 64, 1), 8)
+
+
+def _wavefront_triton(steps: Tensor, from_below: Tensor, from_left: Tensor) -> bool:
+    """Fill ``steps`` with the Triton kernel; return False when the torch loop must do it."""
+    global _triton_broken
+    backend = os.environ.get(BACKEND_ENV, "auto")
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"{BACKEND_ENV} must be auto, torch or triton, got {backend!r}")
+    if backend == "torch":
+        return False
+    if backend == "triton" and triton is None:
+        raise RuntimeError(f"{BACKEND_ENV}=triton but triton cannot be imported")
+    if backend == "auto" and (
+        triton is None
+        or _triton_broken
+        or not steps.is_cuda
+        or steps.dtype not in (torch.float32, torch.float64)
+    ):
+        return False
+    if steps.numel() >= 2**31:  # the kernel uses 32-bit offsets
+        return False
+    num_steps, B, width = from_below.shape
+    block = max(triton.next_power_of_2(width), 16)
+    try:
+        _wavefront_kernel[(B,)](
+            from_below,
+            from_left,
+            steps,
+            num_steps,
+            B,
+            width,
+            BLOCK=block,
+            num_warps=_triton_num_warps(block),
+            num_stages=1,
+        )
+    except Exception as error:  # a broken Triton install must not stop training
+        if backend == "triton":
+            raise
+        _triton_broken = True
+        logging.warning(f"Triton wavefront kernel failed ({error!r}); using the PyTorch loop")
+        return False
+    return True
 
 
 def _check_inputs(px: Tensor, py: Tensor, boundary: Optional[Tensor]) -> bool:
@@ -102,6 +193,36 @@ def _unskew(diagonals: Tensor, T: int) -> Tensor:
     return by_row.as_strided((B, S1, T + 1), (S1 * K, K + 1, 1))
 
 
+def _wavefront_torch(steps: Tensor, from_below: Tensor, from_left: Tensor) -> None:
+    """Fill ``steps[1:]`` in place with one fused logaddexp per step (pure PyTorch)."""
+    num_steps, B, width = from_below.shape
+    via_symbol = steps.new_empty(B, width)
+    via_blank = steps.new_empty(B, width)
+    for n in range(1, num_steps):
+        previous = steps[n - 1]
+        torch.add(previous[:, :-1], from_below[n], out=via_symbol)
+        torch.add(previous[:, 1:], from_left[n], out=via_blank)
+        torch.logaddexp(via_symbol, via_blank, out=steps[n, :, 1:])
+
+
+def _wavefront(from_below: Tensor, from_left: Tensor) -> Tensor:
+    """Run ``a[n, s] = logaddexp(a[n-1, s-1] + from_below[n, s], a[n-1, s] + from_left[n, s])``.
+
+    Args:
+      from_below, from_left: (N, B, S+1) log-probs entering each cell of step n from cell s-1
+        and from cell s of step n-1 (row 0 is unused).
+    Returns:
+      a: (N, B, S+1) with ``a[0] = [0, -inf, ...]``.
+    """
+    num_steps, B, width = from_below.shape
+    # Column 0 of each step stands for s = -1 (always -inf), so "s - 1" is a plain slice.
+    steps = from_below.new_full((num_steps, B, width + 1), NEG_INF)
+    steps[0, :, 1] = 0.0
+    if not _wavefront_triton(steps, from_below, from_left):
+        _wavefront_torch(steps, from_below, from_left)
+    return steps[:, :, 1:]
+
+
 def _alpha_regular(px: Tensor, py: Tensor) -> Tensor:
     """Forward scores of the regular lattice, starting at (0, 0) for every utterance.
 
@@ -115,40 +236,23 @@ def _alpha_regular(px: Tensor, py: Tensor) -> Tensor:
     # Incoming log-probs of cell (s, t): from (s-1, t) by px[s-1, t], from (s, t-1) by py[s, t-1].
     from_below = _skew(F.pad(px, (0, K - T1, 1, 0), value=NEG_INF))
     from_left = _skew(F.pad(py, (1, K - T1, 0, 0), value=NEG_INF))
-    # Column 0 of each diagonal stands for s = -1 (always -inf), so "s - 1" is a plain slice.
-    diagonals = px.new_full((K, B, S + 2), NEG_INF)
-    diagonals[0, :, 1] = 0.0
-    via_symbol = px.new_empty(B, S + 1)
-    via_blank = px.new_empty(B, S + 1)
-    for k in range(1, K):
-        previous = diagonals[k - 1]
-        torch.add(previous[:, :-1], from_below[k], out=via_symbol)
-        torch.add(previous[:, 1:], from_left[k], out=via_blank)
-        torch.logaddexp(via_symbol, via_blank, out=diagonals[k, :, 1:])
-    return _unskew(diagonals[:, :, 1:], T1 - 1)
+    return _unskew(_wavefront(from_below, from_left), T1 - 1)
 
 
 def _alpha_modified(px: Tensor, py: Tensor) -> Tensor:
     """Forward scores of the modified lattice, starting at (0, 0) for every utterance.
+
+    Frame t is one step: cell (s, t) comes from (s-1, t-1) by px[s-1, t-1] and from (s, t-1)
+    by py[s, t-1].
 
     Args:
       px: (B, S, T); py: (B, S+1, T).
     Returns:
       alpha: (B, S+1, T+1).
     """
-    B, S, T = px.shape
-    from_diagonal = F.pad(px, (0, 0, 1, 0), value=NEG_INF).permute(2, 0, 1).contiguous()
-    from_left = py.permute(2, 0, 1).contiguous()  # (T, B, S+1)
-    columns = px.new_full((T + 1, B, S + 2), NEG_INF)
-    columns[0, :, 1] = 0.0
-    via_symbol = px.new_empty(B, S + 1)
-    via_blank = px.new_empty(B, S + 1)
-    for t in range(1, T + 1):
-        previous = columns[t - 1]
-        torch.add(previous[:, :-1], from_diagonal[t - 1], out=via_symbol)
-        torch.add(previous[:, 1:], from_left[t - 1], out=via_blank)
-        torch.logaddexp(via_symbol, via_blank, out=columns[t, :, 1:])
-    return columns[:, :, 1:].permute(1, 2, 0)
+    from_diagonal = F.pad(px, (1, 0, 1, 0), value=NEG_INF).permute(2, 0, 1).contiguous()
+    from_left = F.pad(py, (1, 0), value=NEG_INF).permute(2, 0, 1).contiguous()
+    return _wavefront(from_diagonal, from_left).permute(1, 2, 0)
 
 
 def _alpha(px: Tensor, py: Tensor, modified: bool) -> Tensor:

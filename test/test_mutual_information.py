@@ -7,7 +7,7 @@ from typing import Dict, List, Tuple
 import pytest
 import torch
 
-from icefall.mutual_information import mutual_information_recursion
+from icefall.mutual_information import BACKEND_ENV, mutual_information_recursion
 
 Cell = Tuple[int, int]
 
@@ -232,3 +232,30 @@ def test_cuda_matches_cpu(modified: bool) -> None:
     torch.testing.assert_close(gpu[0].cpu(), cpu[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gpu[1][0].cpu(), cpu[1][0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(gpu[1][1].cpu(), cpu[1][1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("modified", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_triton_kernel_matches_torch_loop(
+    modified: bool, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("triton")
+    gen = torch.Generator().manual_seed(8)
+    B, S, T = 5, 40, 70
+    px = torch.randn(B, S, T if modified else T + 1, generator=gen).to("cuda", dtype)
+    py = torch.randn(B, S + 1, T, generator=gen).to("cuda", dtype)
+    px[1, 10:20, 5:30] = -math.inf
+    boundary = torch.tensor(
+        [[0, 0, 40, 70], [0, 0, 31, 66], [3, 2, 20, 50], [0, 0, 0, 9], [0, 0, 9, 9]]
+    )
+    results = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv(BACKEND_ENV, backend)
+        results[backend] = mutual_information_recursion(px, py, boundary.cuda(), return_grad=True)
+    tolerance = 2e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(
+        results["triton"][0], results["torch"][0], rtol=tolerance, atol=tolerance
+    )
+    for grad_triton, grad_torch in zip(results["triton"][1], results["torch"][1]):
+        torch.testing.assert_close(grad_triton, grad_torch, rtol=tolerance, atol=tolerance)
