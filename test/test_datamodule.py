@@ -330,3 +330,17 @@ def test_batch_without_any_readable_cut_is_skipped(
     ids = sorted(i for b in batches for i in batch_ids(b))
     assert ids == sorted(c.id for c in cuts[2:])
     assert "skipping a batch of 2 cuts" in caplog.text
+
+
+def test_invalid_cut_in_eval_set_is_dropped(
+    corpus_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cuts = list(load_manifest(corpus_dir / "fbank" / "tiny_cuts_dev.jsonl.gz"))
+    cuts[0].supervisions[0].duration = cuts[0].duration + 0.5
+    (tmp_path / "fbank").mkdir()
+    CutSet.from_cuts(cuts).to_file(tmp_path / "fbank" / "tiny_cuts_dev.jsonl.gz")
+    data = module(tmp_path, "--max-duration", "100")
+    caplog.set_level(logging.WARNING)
+    ids = [i for b in data.valid_dataloaders(data.valid_cuts()) for i in batch_ids(b)]
+    assert sorted(ids) == sorted(c.id for c in cuts[1:])
+    assert f"skipping cut {cuts[0].id}: invalid cut" in caplog.text

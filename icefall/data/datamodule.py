@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader
 
 from icefall.data.corpora import CORPORA, Corpus, detect_corpus, get_corpus
 from icefall.data.fbank import fbank_config
+from icefall.data.filters import is_consistent_cut
 from icefall.utils import str2bool
 
 WARNINGS_PER_WORKER = 5
@@ -156,12 +157,32 @@ class RobustAsrDataset(K2SpeechRecognitionDataset):
     """``K2SpeechRecognitionDataset`` that returns None (a skipped batch) instead of failing
     when no cut of a batch can be loaded; single bad cuts are dropped by the input strategies."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.invalid = _FailureCounter("invalid cut")
+
     def __getitem__(self, cuts: CutSet) -> Optional[Dict[str, Any]]:
         try:
-            return super().__getitem__(cuts)
+            return super().__getitem__(self._consistent(cuts))
         except EmptyBatchError as error:
             logging.warning(f"skipping a batch of {len(cuts)} cuts: {error}")
             return None
+
+    def _consistent(self, cuts: CutSet) -> CutSet:
+        """The cuts lhotse's ASR checks accept (the others would fail the whole batch)."""
+        if all(is_consistent_cut(cut) for cut in cuts):
+            return cuts
+        kept = []
+        for cut in cuts:
+            if is_consistent_cut(cut):
+                kept.append(cut)
+            else:
+                self.invalid.record(
+                    cut.id, ValueError("supervision outside the cut or bad manifest")
+                )
+        if not kept:
+            raise EmptyBatchError("no cut passed lhotse's ASR checks")
+        return CutSet.from_cuts(kept)
 
 
 class _FailureCounter:

@@ -92,7 +92,7 @@ class CutChecker:
         text = " ".join((s.text or "").strip() for s in cut.supervisions).strip()
         if not text:
             return "empty text"
-        if not _is_consistent(cut):
+        if not is_consistent_cut(cut):
             return "invalid cut"
         if self.check_audio and not _audio_files_present(cut):
             return "missing audio"
@@ -103,7 +103,7 @@ class CutChecker:
         return None
 
 
-def _is_consistent(cut: Cut) -> bool:
+def is_consistent_cut(cut: Cut) -> bool:
     """The checks ``K2SpeechRecognitionDataset`` asserts on every batch: lhotse's manifest
     validation and supervisions inside the cut (1 ms tolerance)."""
     try:
