@@ -174,7 +174,7 @@ def test_compute_fbank_skips_and_counts_corrupt_and_empty_audio(
     )  # fmt: skip
     cuts = load_manifest(tmp_path / "fbank" / "toy_cuts_dev-clean.jsonl.gz")
     assert len(cuts) == 2
-    assert "skipped 2" in caplog.text
+    assert "skipped 2 (unreadable audio: 2)" in caplog.text
 
 
 def test_compute_fbank_musan_windows(tmp_path: Path) -> None:

@@ -83,12 +83,8 @@ class ExtractionReport:
         return text
 
 
-def _failure_reason(error: Exception) -> str:
-    """A short reason for a failed cut, used as a counter key."""
-    message = str(error).lower()
-    if "empty" in message or "zero" in message or "no samples" in message:
-        return "empty audio"
-    return "unreadable audio"
+class EmptyAudioError(ValueError):
+    """The manifest describes a recording without samples."""
 
 
 def _extract_chunk(
@@ -108,11 +104,11 @@ def _extract_chunk(
         for cut in tqdm(cuts, desc=desc, position=position, leave=False, mininterval=2.0):
             try:
                 if cut.duration <= 0 or cut.num_samples == 0:
-                    raise ValueError("empty audio")
+                    raise EmptyAudioError("the recording has no samples")
                 with_feats = cut.compute_and_store_features(extractor, storage)
             except Exception as error:  # noqa: BLE001 - any bad file is skipped and counted
-                reason = _failure_reason(error)
-                report.failures[reason] += 1
+                empty = isinstance(error, EmptyAudioError)
+                report.failures["empty audio" if empty else "unreadable audio"] += 1
                 if len(report.examples) < 5:
                     report.examples.append(f"{cut.id}: {type(error).__name__}: {error}"[:200])
                 continue
