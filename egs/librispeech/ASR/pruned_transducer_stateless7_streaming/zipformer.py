@@ -342,7 +342,7 @@ class Zipformer(EncoderInterface):
         """Full-utterance forward with chunk-wise attention masks.
 
         Args:
-          x: (N, T, num_features) features, padded (T >= 7 + ...).
+          x: (N, T, num_features) features, padded (T >= 9).
           x_lens: (N,) int64 valid frames per utterance.
         Returns:
           (encoder_out, encoder_out_lens): (N, ((T - 7) // 2 + 1) // 2, encoder_dims[-1])
@@ -1103,9 +1103,10 @@ def _relative_to_absolute(pos_weights: Tensor, num_keys: int) -> Tensor:
     """Turn scores indexed by relative position into scores indexed by key.
 
     Args:
-      pos_weights: (N, H, T, P) with P = T + num_keys - 1; column p holds relative position
-        (num_keys - 1) - (p - (T - 1)) ... i.e. the layout produced by RelPositionalEncoding.
-      num_keys: number of keys S (the last S keys align with the T queries).
+      pos_weights: (N, H, T, P) with P = T + num_keys - 1; column p belongs to relative
+        position num_keys - 1 - p (the layout of RelPositionalEncoding's output).
+      num_keys: number of keys S; the T queries are the last T of the S key positions
+        (S - T cached keys come first), so query i and key j are (S - T) + i - j apart.
     Returns:
       (N, H, T, S) with out[..., i, j] = pos_weights[..., i, T - 1 - i + j].
     """
