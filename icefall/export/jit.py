@@ -79,7 +79,7 @@ def check_loads_without_toolkit(
 
     The child runs with ``python -I`` (no PYTHONPATH, no user site, no script directory on
     ``sys.path``) from an empty temporary directory, and an import hook makes any import of
-    ``forbidden_modules`` fail. It prints the loaded module's method names.
+    ``forbidden_modules`` fail. It reports the TorchScript methods of the loaded module.
 
     Returns:
       ``{"methods": [...], "imported_forbidden": [...]}`` from the child.
@@ -101,7 +101,7 @@ def check_loads_without_toolkit(
         sys.meta_path.insert(0, Block())
         import torch
         m = torch.jit.load(sys.argv[1], map_location="cpu")
-        methods = sorted(n for n in dir(m) if not n.startswith("_") and callable(getattr(m, n)))
+        methods = sorted(m._c._method_names())
         imported = sorted(n for n in sys.modules if n.split(".")[0] in FORBIDDEN)
         print(json.dumps({"methods": methods, "imported_forbidden": imported}))
         """

@@ -5,8 +5,8 @@
 * :class:`OnnxDecoder`: ``y (N, context_size) -> decoder_out (N, joiner_dim)`` (``decoder_proj``
   applied; ``-1`` in ``y`` means "no token").
 * :class:`OnnxJoiner`: ``output_linear(tanh(encoder_out + decoder_out))``.
-* :class:`StreamingEncoderStep`: the streaming step with explicit lengths and no projection,
-  for ``torch.jit.trace``.
+* :class:`StreamingEncoderStep` and :class:`DecoderStep`: the streaming step (explicit lengths,
+  no projection) and the decoding-time decoder call, for ``torch.jit.trace``.
 * :class:`StreamingTransducerJit`: the scriptable model written to ``cpu_jit.pt``; its
   ``forward`` is the encoder's streaming step.
 
@@ -125,6 +125,22 @@ class StreamingEncoderStep(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
         """x: (N, T, 80), x_lens: (N,) -> (encoder_out (N, T', C), lens (N,), new states)."""
         return self.encoder.streaming_forward(x=x, x_lens=x_lens, states=states)
+
+
+class DecoderStep(nn.Module):
+    """``decoder(y, need_pad=False)`` as (N, decoder_dim), the decoding-time call, for tracing.
+
+    Args:
+      decoder: the stateless decoder.
+    """
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """y: (N, context_size) int64 (-1 = no token) -> (N, decoder_dim), unprojected."""
+        return self.decoder(y, need_pad=False).squeeze(1)
 
 
 class StreamingTransducerJit(nn.Module):
