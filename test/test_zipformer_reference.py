@@ -7,6 +7,7 @@ suggests: |mine - ref| <= 1e-5 * max(1, max|ref|) per tensor, with 1 intra-op th
 """
 
 import json
+import random
 import sys
 from pathlib import Path
 from typing import Callable, Dict, List
@@ -234,3 +235,21 @@ def test_tracing_branches_keep_streaming_outputs(tiny_encoder, monkeypatch):
     converted = convert_scaled_to_non_scaled(tiny_encoder, inplace=False)
     monkeypatch.setattr(torch.jit, "is_tracing", lambda: True)
     assert run_streaming_against_reference(converted, check_probes=False) == 7
+
+
+def test_initialisation_reproduces_reference_weights():
+    """The reference weights are icefall's initialisation (random.seed(0), torch.manual_seed(0))
+    plus 0.05 * randn from a generator seeded 1234, drawn in state_dict order (encoder first).
+    The same construction here must give the same encoder weights."""
+    python_state = random.getstate()
+    with torch.random.fork_rng():
+        random.seed(0)
+        torch.manual_seed(0)
+        encoder = build_encoder(TINY_CONFIG)
+    random.setstate(python_state)
+    generator = torch.Generator().manual_seed(1234)
+    weights = load_file(str(DATA / "tiny_state_dict.safetensors"))
+    for name, value in encoder.state_dict().items():
+        if value.is_floating_point():
+            value = value + 0.05 * torch.randn(value.shape, generator=generator)
+        assert_close(value, weights[f"encoder.{name}"], name)
