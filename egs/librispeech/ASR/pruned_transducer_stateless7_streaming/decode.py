@@ -246,23 +246,28 @@ def result_key(params: AttributeDict) -> str:
     return f"beam_size_{params.beam_size}"
 
 
-def decode_one_batch(
-    params: AttributeDict,
-    model: torch.nn.Module,
-    sp: spm.SentencePieceProcessor,
-    batch: dict,
-    word_table: Optional[Dict[int, str]] = None,
-    decoding_graph: Optional[Fsa] = None,
-) -> Dict[str, List[List[str]]]:
-    """Decode one batch; returns ``{key: [hyp words per utterance]}``."""
+def encode_batch(model: torch.nn.Module, batch: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Encoder output of a batch: features right-padded with 30 LOG_EPS frames, chunk-masked
+    (simulated streaming) encoder. Returns (encoder_out (N, T, C), encoder_out_lens (N,))."""
     device = next(model.parameters()).device
     feature = batch["inputs"].to(device)
     assert feature.ndim == 3, feature.shape
-    supervisions = batch["supervisions"]
-    feature_lens = supervisions["num_frames"].to(device) + TAIL_PAD_FRAMES
+    feature_lens = batch["supervisions"]["num_frames"].to(device) + TAIL_PAD_FRAMES
     feature = torch.nn.functional.pad(feature, (0, 0, 0, TAIL_PAD_FRAMES), value=LOG_EPS)
-    encoder_out, encoder_out_lens = model.encoder(feature, feature_lens)
+    return model.encoder(feature, feature_lens)
 
+
+def search_batch(
+    params: AttributeDict,
+    model: torch.nn.Module,
+    sp: spm.SentencePieceProcessor,
+    encoder_out: torch.Tensor,
+    encoder_out_lens: torch.Tensor,
+    ref_texts: List[str],
+    word_table: Optional[Dict[int, str]] = None,
+    decoding_graph: Optional[Fsa] = None,
+) -> Dict[str, List[List[str]]]:
+    """Run ``params.decoding_method`` on encoder output; returns ``{key: [hyp words]}``."""
     method = params.decoding_method
     fast = dict(beam=params.beam, max_states=params.max_states, max_contexts=params.max_contexts)
     nbest = dict(num_paths=params.num_paths, nbest_scale=params.nbest_scale)
@@ -298,7 +303,7 @@ def decode_one_batch(
             encoder_out_lens,
             **fast,
             **nbest,
-            ref_texts=sp.encode(list(supervisions["text"])),
+            ref_texts=sp.encode(list(ref_texts)),
         )
     elif method == "fast_beam_search_nbest_LG":
         word_ids = fast_beam_search_nbest_LG(
@@ -308,6 +313,22 @@ def decode_one_batch(
     else:
         raise ValueError(f"unsupported decoding method {method!r}")
     return {result_key(params): [sp.decode(hyp).split() for hyp in hyp_tokens]}
+
+
+def decode_one_batch(
+    params: AttributeDict,
+    model: torch.nn.Module,
+    sp: spm.SentencePieceProcessor,
+    batch: dict,
+    word_table: Optional[Dict[int, str]] = None,
+    decoding_graph: Optional[Fsa] = None,
+) -> Dict[str, List[List[str]]]:
+    """Decode one batch; returns ``{key: [hyp words per utterance]}``."""
+    encoder_out, encoder_out_lens = encode_batch(model, batch)
+    texts = list(batch["supervisions"]["text"])
+    return search_batch(
+        params, model, sp, encoder_out, encoder_out_lens, texts, word_table, decoding_graph
+    )
 
 
 def decode_dataset(
