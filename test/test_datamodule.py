@@ -344,3 +344,10 @@ def test_invalid_cut_in_eval_set_is_dropped(
     ids = [i for b in data.valid_dataloaders(data.valid_cuts()) for i in batch_ids(b)]
     assert sorted(ids) == sorted(c.id for c in cuts[1:])
     assert f"skipping cut {cuts[0].id}: invalid cut" in caplog.text
+
+
+def test_audio_samples_input_strategy(corpus_dir: Path) -> None:
+    data = module(corpus_dir, "--input-strategy", "AudioSamples", "--max-duration", "100")
+    batch = next(iter(data.valid_dataloaders(data.valid_cuts())))
+    cuts = batch["supervisions"]["cut"]
+    assert batch["inputs"].shape == (len(cuts), max(c.num_samples for c in cuts))

@@ -294,9 +294,10 @@ def _usable_num_buckets(cuts: CutSet, requested: int, max_duration: float) -> in
     durations = [cut.duration for cut in islice(cuts, NUM_CUTS_FOR_BINS_ESTIMATE)]
     usable = min(requested, len(durations), int(sum(durations) // max_duration))
     if usable < requested:
+        what = f"{usable} buckets" if usable > 1 else "no bucketing (SimpleCutSampler)"
         logging.info(
-            f"Using {usable} instead of {requested} buckets for {len(durations)} cuts "
-            f"({sum(durations):.0f} s) at --max-duration {max_duration:g}"
+            f"{len(durations)} cuts ({sum(durations):.0f} s) are too few for {requested} buckets "
+            f"at --max-duration {max_duration:g}: using {what}"
         )
     return usable
 

@@ -137,7 +137,9 @@ def _audio_files_present(cut: Cut) -> bool:
 class LazyCountingFilter:
     """A lazy iterable over the usable cuts of ``source`` that counts what it removes.
 
-    Statistics restart at every iteration and are logged when the iteration finishes.
+    Statistics restart at every iteration and are logged when the iteration finishes (the same
+    totals as the previous iteration's are not logged again: samplers read a set several times,
+    e.g. to estimate bucket sizes).
     """
 
     def __init__(self, source: CutSet, checker: CutChecker, name: str = "cuts") -> None:
@@ -145,6 +147,7 @@ class LazyCountingFilter:
         self.checker = checker
         self.name = name
         self.stats = FilterStats()
+        self._last_summary = ""
 
     def __iter__(self) -> Iterator[Cut]:
         self.stats.reset()
@@ -161,8 +164,11 @@ class LazyCountingFilter:
                 logging.warning(
                     f"{self.name}: removing cut {cut.id} ({cut.duration:.2f} s): {reason}{more}"
                 )
-        level = logging.WARNING if self.stats.num_removed else logging.INFO
-        logging.log(level, self.stats.summary(self.name))
+        summary = self.stats.summary(self.name)
+        if summary != self._last_summary:
+            level = logging.WARNING if self.stats.num_removed else logging.INFO
+            logging.log(level, summary)
+            self._last_summary = summary
 
     def __add__(self, other) -> LazyIteratorChain:
         return LazyIteratorChain(self, other)
