@@ -232,3 +232,14 @@ def test_double_swish_forward_and_quantized_gradient():
     exact = torch.autograd.functional.jacobian(lambda t: t * torch.sigmoid(t - 1.0), x).diagonal()
     step = (1.2 + 0.043637) / 255.0
     assert (x.grad - exact).abs().max() <= step + 1e-6
+
+
+def test_degenerate_inputs():
+    encoder = two_layer_encoder().eval()
+    with pytest.raises(ValueError, match="at least 9 input frames"):
+        encoder(torch.randn(1, 8, 80), torch.tensor([8]))
+    # An utterance with no valid embedding frame gives finite outputs for the batch.
+    with torch.no_grad():
+        out, out_lens = encoder(torch.randn(2, 60, 80), torch.tensor([60, 7]))
+    assert torch.isfinite(out).all()
+    assert out_lens.tolist() == [13, 0]

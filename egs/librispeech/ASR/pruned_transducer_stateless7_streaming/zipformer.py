@@ -1338,7 +1338,8 @@ class PoolingModule(nn.Module):
         """
         if src_key_padding_mask is not None:
             valid = src_key_padding_mask.logical_not().to(x.dtype)  # (N, T)
-            pooling_mask = valid / valid.cumsum(dim=1)
+            # clamp: an utterance with no valid frame gets zeros instead of 0 / 0.
+            pooling_mask = valid / valid.cumsum(dim=1).clamp(min=1.0)
             pooling_mask = pooling_mask.transpose(0, 1).contiguous().unsqueeze(-1)
         else:
             counts = torch.arange(1, x.shape[0] + 1, device=x.device).unsqueeze(1)
@@ -1495,6 +1496,8 @@ class Conv2dSubsampling(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (N, T, idim) -> (N, (T - 7) // 2, odim)."""
+        if not torch.jit.is_tracing() and x.size(1) < 9:
+            raise ValueError(f"Conv2dSubsampling needs at least 9 input frames, got {x.size(1)}")
         x = self.conv(x.unsqueeze(1))  # (N, C, T', F')
         b, c, t, f = x.size()
         x = self.out(x.transpose(1, 2).reshape(b, t, c * f))
