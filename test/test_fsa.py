@@ -142,3 +142,26 @@ def test_fsa_to_device_and_scale():
     scaled = lg.scaled(0.5)
     assert scaled.scores.tolist() == [-1.0] and scaled.final_scores.tolist() == [-math.inf, -0.5]
     assert g.to("cpu").device.type == "cpu"
+
+
+def test_witten_bell_arpa_is_normalised_and_compiles(tmp_path):
+    from icefall.decoding.arpa import estimate, write_arpa
+
+    sentences = [s.split() for s in ["A B C", "A B", "B C A", "C C", "A"]]
+    model = estimate(sentences, order=3)
+
+    def prob(history, word):
+        gram = history + (word,)
+        if gram in model[len(gram)]:
+            return 10 ** model[len(gram)][gram][0]
+        backoff = model[len(history)][history][1] if history in model[len(history)] else 0.0
+        return 10**backoff * prob(history[1:], word)
+
+    for history in [(), ("A",), ("<s>",), ("A", "B"), ("<s>", "C"), ("C", "A")]:
+        total = sum(prob(history, w) for w in ["A", "B", "C", "</s>"])
+        assert total == pytest.approx(1.0, abs=1e-5), history
+    write_arpa(model, tmp_path / "lm" / "G.arpa")
+    words = make_word_table(["A", "B", "C"])
+    lg = compile_LG([("A", [1]), ("B", [2]), ("C", [3, 1])], tmp_path / "lm/G.arpa", words, 4)
+    assert lg.num_arcs > 0 and set(lg.labels.tolist()) <= {1, 2, 3}
+    assert set(lg.aux_labels.tolist()) <= {0, words["A"], words["B"], words["C"]}
