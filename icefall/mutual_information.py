@@ -41,14 +41,31 @@ except ImportError:  # CPU-only installs: the pure-PyTorch loop is used
 NEG_INF = float("-inf")
 BACKEND_ENV = "ICEFALL_MI_BACKEND"
 _triton_broken = False
+# Shift lanes with tl.gather (Triton >= 3.2) rather than through memory and a barrier.
+_triton_shift_in_registers = triton is not None and hasattr(tl, "gather")
 
 if triton is not None:
 
     @triton.jit
+    def _log_add(a, b):
+        high = tl.maximum(a, b)
+        low = tl.minimum(a, b)
+        return tl.where(high == float("-inf"), high, high + tl.log(1.0 + tl.exp(low - high)))
+
+    @triton.jit
     def _wavefront_kernel(
-        from_below_ptr, from_left_ptr, steps_ptr, num_steps, batch, width, BLOCK: tl.constexpr
+        from_below_ptr,
+        from_left_ptr,
+        steps_ptr,
+        num_steps,
+        batch,
+        width,
+        BLOCK: tl.constexpr,
+        SHIFT_IN_REGISTERS: tl.constexpr,
     ):
-        """One program per utterance b; steps is (N, B, width + 1), column 0 = -inf."""
+        """One program per utterance b walks all steps; steps is (N, B, width + 1), column 0 of
+        each step is -inf. Lane s needs lane s-1's previous value: with SHIFT_IN_REGISTERS it
+        comes from ``tl.gather``, otherwise from memory after a block barrier."""
         b = tl.program_id(0)
         s = tl.arange(0, BLOCK)
         inside = s < width
@@ -57,21 +74,28 @@ if triton is not None:
         in_base = b * width + s
         out_base = b * (width + 1) + s
         previous = tl.load(steps_ptr + out_base + 1, mask=inside, other=float("-inf"))
+        x = tl.load(from_below_ptr + in_stride + in_base, mask=inside, other=float("-inf"))
+        y = tl.load(from_left_ptr + in_stride + in_base, mask=inside, other=float("-inf"))
         for n in range(1, num_steps):
-            below = tl.load(
-                steps_ptr + (n - 1) * out_stride + out_base, mask=inside, other=float("-inf")
-            )
-            x = tl.load(from_below_ptr + n * in_stride + in_base, mask=inside, other=float("-inf"))
-            y = tl.load(from_left_ptr + n * in_stride + in_base, mask=inside, other=float("-inf"))
-            via_symbol = below + x
-            via_blank = previous + y
-            high = tl.maximum(via_symbol, via_blank)
-            low = tl.minimum(via_symbol, via_blank)
-            current = tl.where(high == float("-inf"), high, high + tl.log(1.0 + tl.exp(low - high)))
+            # Prefetch the next step's inputs while this one is computed (the last step
+            # reloads its own: n + 1 - (n + 1) // num_steps stays in range).
+            next_offset = (n + 1 - (n + 1) // num_steps) * in_stride + in_base
+            next_x = tl.load(from_below_ptr + next_offset, mask=inside, other=float("-inf"))
+            next_y = tl.load(from_left_ptr + next_offset, mask=inside, other=float("-inf"))
+            if SHIFT_IN_REGISTERS:
+                shifted = tl.gather(previous, tl.maximum(s - 1, 0), 0)
+                below = tl.where(s == 0, float("-inf"), shifted)
+            else:
+                below = tl.load(
+                    steps_ptr + (n - 1) * out_stride + out_base, mask=inside, other=float("-inf")
+                )
+            current = _log_add(below + x, previous + y)
             tl.store(steps_ptr + n * out_stride + out_base + 1, current, mask=inside)
-            # Lane s reads lane s-1's value from memory on the next step.
-            tl.debug_barrier()
+            if not SHIFT_IN_REGISTERS:
+                tl.debug_barrier()
             previous = current
+            x = next_x
+            y = next_y
 
 
 def _triton_num_warps(block: int) -> int:
@@ -109,6 +133,7 @@ def _wavefront_triton(steps: Tensor, from_below: Tensor, from_left: Tensor) -> b
             B,
             width,
             BLOCK=block,
+            SHIFT_IN_REGISTERS=_triton_shift_in_registers,
             num_warps=_triton_num_warps(block),
             num_stages=1,
         )
@@ -121,8 +146,12 @@ def _wavefront_triton(steps: Tensor, from_below: Tensor, from_left: Tensor) -> b
     return True
 
 
-def _check_inputs(px: Tensor, py: Tensor, boundary: Optional[Tensor]) -> bool:
-    """Validate shapes and the boundary; return True for the modified topology (px (B, S, T))."""
+def _check_inputs(px: Tensor, py: Tensor, boundary: Optional[Tensor]) -> Tuple[bool, bool]:
+    """Validate shapes and the boundary (one host copy of it).
+
+    Returns:
+      (modified, starts_at_origin): px is (B, S, T); every utterance starts at (0, 0).
+    """
     if px.ndim != 3 or py.ndim != 3:
         raise ValueError(f"px and py must be 3-D, got {tuple(px.shape)} and {tuple(py.shape)}")
     B, S, T1 = px.shape
@@ -150,7 +179,8 @@ def _check_inputs(px: Tensor, py: Tensor, boundary: Optional[Tensor]) -> bool:
                 f"boundary of utterance {b} is {boundary[b].tolist()}; need "
                 f"0 <= s_begin <= s_end <= S={S} and 0 <= t_begin <= t_end <= T={T}"
             )
-    return T1 == T
+        return T1 == T, not bool(((s_begin != 0) | (t_begin != 0)).any())
+    return T1 == T, True
 
 
 def _reindex(x: Tensor, s_offset: Tensor, t_offset: Tensor, reverse: bool) -> Tensor:
@@ -311,15 +341,17 @@ def _inside_mask(
 
 
 def _scores_and_occupation(
-    px: Tensor, py: Tensor, boundary: Optional[Tensor], modified: bool, with_grad: bool
+    px: Tensor,
+    py: Tensor,
+    boundary: Optional[Tensor],
+    modified: bool,
+    starts_at_origin: bool,
+    with_grad: bool,
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
     """Totals (B,) and, if with_grad, occupation probabilities shaped like px and py."""
     user_boundary = boundary is not None
     if boundary is None:
         boundary = _full_boundary(px, py)
-        starts_at_origin = True
-    else:
-        starts_at_origin = not bool((boundary[:, :2] != 0).any())
     B = px.shape[0]
     alpha = _forward_scores(px, py, boundary, modified, starts_at_origin)
     batch = torch.arange(B, device=px.device)
@@ -350,10 +382,17 @@ class _MutualInformationFunction(torch.autograd.Function):
     """Autograd wrapper: the occupation probabilities are computed with the scores."""
 
     @staticmethod
-    def forward(ctx, px: Tensor, py: Tensor, boundary: Optional[Tensor], modified: bool):
+    def forward(
+        ctx,
+        px: Tensor,
+        py: Tensor,
+        boundary: Optional[Tensor],
+        modified: bool,
+        starts_at_origin: bool,
+    ):
         with torch.no_grad():
             total, px_grad, py_grad = _scores_and_occupation(
-                px.detach(), py.detach(), boundary, modified, with_grad=True
+                px.detach(), py.detach(), boundary, modified, starts_at_origin, with_grad=True
             )
         ctx.save_for_backward(px_grad, py_grad)
         ctx.mark_non_differentiable(px_grad, py_grad)
@@ -363,7 +402,7 @@ class _MutualInformationFunction(torch.autograd.Function):
     def backward(ctx, total_grad: Tensor, _px_grad_grad: Tensor, _py_grad_grad: Tensor):
         px_grad, py_grad = ctx.saved_tensors
         scale = total_grad.view(-1, 1, 1)
-        return px_grad * scale, py_grad * scale, None, None
+        return px_grad * scale, py_grad * scale, None, None, None
 
 
 def mutual_information_recursion(
@@ -387,15 +426,19 @@ def mutual_information_recursion(
       ``(scores, (px_grad, py_grad))`` when return_grad is True (grads shaped like px and py,
       zero for utterances without a path).
     """
-    modified = _check_inputs(px, py, boundary)
+    modified, starts_at_origin = _check_inputs(px, py, boundary)
     px, py = px.contiguous(), py.contiguous()
     if boundary is not None:
         boundary = boundary.to(px.device)
     needs_autograd = torch.is_grad_enabled() and (px.requires_grad or py.requires_grad)
     if needs_autograd:
-        scores, px_grad, py_grad = _MutualInformationFunction.apply(px, py, boundary, modified)
+        scores, px_grad, py_grad = _MutualInformationFunction.apply(
+            px, py, boundary, modified, starts_at_origin
+        )
     else:
-        scores, px_grad, py_grad = _scores_and_occupation(px, py, boundary, modified, return_grad)
+        scores, px_grad, py_grad = _scores_and_occupation(
+            px, py, boundary, modified, starts_at_origin, return_grad
+        )
     if return_grad:
         return scores, (px_grad, py_grad)
     return scores
