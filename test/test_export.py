@@ -1,0 +1,234 @@
+"""End-to-end export: export.py (pretrained.pt, cpu_jit.pt), jit_trace_export.py,
+export-onnx.py, and the transcripts of pretrained.py, jit_pretrained.py, jit_trace_pretrained.py
+and sherpa-onnx on the same sound files.
+
+The model is the tiny reference model (test/data/zipformer_v1) saved as ``epoch-1.pt``, with the
+blank logit lowered so that the random-weight model emits tokens (garbage, but deterministic and
+sensitive to every part of the network).
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "egs/librispeech/ASR/pruned_transducer_stateless7_streaming"
+DATA = REPO / "test/data/zipformer_v1"
+sys.path.insert(0, str(RECIPE))
+
+from onnx_wrappers import encoder_state_names  # noqa: E402
+from train import get_params, get_parser, get_transducer_model  # noqa: E402
+
+from icefall.checkpoint import save_checkpoint  # noqa: E402
+from icefall.decoding.greedy import greedy_search_batch  # noqa: E402
+from icefall.export.jit import check_loads_without_toolkit  # noqa: E402
+from icefall.export.sherpa_decode import run_sherpa_onnx  # noqa: E402
+from icefall.export.streaming import chunked_encoder_forward, utterance_features  # noqa: E402
+
+CONFIG = json.loads((DATA / "tiny_onnx_meta.json").read_text())["config"]
+MODEL_FLAGS = [
+    "--num-encoder-layers", "1,1,1,1,1", "--feedforward-dims", "96,96,96,96,96",
+    "--nhead", "2,2,2,2,2", "--encoder-dims", "48,48,48,48,48",
+    "--attention-dims", "32,32,32,32,32", "--encoder-unmasked-dims", "32,32,32,32,32",
+    "--decoder-dim", "64", "--joiner-dim", "64",
+]  # fmt: skip
+CHECKPOINT_FLAGS = [
+    "--epoch", "1", "--avg", "1", "--use-averaged-model", "0", "--exp-dir", "exp",
+    "--tokens", "tokens.txt",
+]  # fmt: skip
+PIECES = ["<blk>", "<sos/eos>", "<unk>"] + [
+    f"\u2581w{i}" if i % 3 else f"x{i}" for i in range(3, CONFIG["vocab_size"])
+]
+
+
+def build_model() -> torch.nn.Module:
+    params = get_params()
+    params.update(vars(get_parser().parse_args([])))
+    params.update(CONFIG)
+    model = get_transducer_model(params)
+    model.load_state_dict(load_file(str(DATA / "tiny_state_dict.safetensors")), strict=True)
+    with torch.no_grad():
+        model.joiner.output_linear.bias[0] -= 3.0
+    return model.eval()
+
+
+def run_script(name: str, args: List[str], cwd: Path, check: bool = True):
+    proc = subprocess.run(
+        [sys.executable, str(RECIPE / name), *args], cwd=cwd, capture_output=True, text=True
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{name} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def parse_transcripts(stdout: str) -> Dict[str, str]:
+    """``path:\\ntext\\n\\n`` blocks -> {path: text}."""
+    out = {}
+    for block in stdout.strip().split("\n\n"):
+        path, _, text = block.partition(":\n")
+        out[path.strip()] = text.strip()
+    return out
+
+
+def write_audio(work: Path) -> None:
+    rng = np.random.default_rng(0)
+    t = np.arange(2 * 16000) / 16000
+    chirp = 0.3 * np.sin(2 * np.pi * 440 * t * (1 + t)) + 0.05 * rng.standard_normal(t.size)
+    sf.write(work / "a.wav", chirp.astype(np.float32), 16000)
+    t = np.arange(int(1.5 * 16000)) / 16000
+    tone = 0.2 * np.sin(2 * np.pi * 300 * t * (1 + 0.5 * t)) + 0.05 * rng.standard_normal(t.size)
+    stereo = np.stack([tone, 0.5 * tone], axis=1)
+    sf.write(work / "b.flac", stereo.astype(np.float32), 16000)
+    t = np.arange(3 * 8000) / 8000
+    low = 0.3 * np.sin(2 * np.pi * 200 * t * (1 + t)) + 0.05 * rng.standard_normal(t.size)
+    sf.write(work / "c.wav", low.astype(np.float32), 8000)
+    (work / "bad.wav").write_text("not audio")
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("export_e2e")
+    (work / "exp").mkdir()
+    save_checkpoint(work / "exp/epoch-1.pt", build_model())
+    (work / "tokens.txt").write_text(
+        "".join(f"{p} {i}\n" for i, p in enumerate(PIECES)), encoding="utf-8"
+    )
+    write_audio(work)
+    run_script("export.py", CHECKPOINT_FLAGS + MODEL_FLAGS, work)
+    run_script("export.py", CHECKPOINT_FLAGS + MODEL_FLAGS + ["--jit", "1"], work)
+    run_script("jit_trace_export.py", CHECKPOINT_FLAGS + MODEL_FLAGS, work)
+    run_script("export-onnx.py", CHECKPOINT_FLAGS + MODEL_FLAGS, work)
+    return work
+
+
+@pytest.fixture(scope="module")
+def transcripts(work) -> Dict[str, Dict[str, str]]:
+    files = ["a.wav", "b.flac", "c.wav"]
+    pretrained = run_script(
+        "pretrained.py",
+        ["--checkpoint", "exp/pretrained.pt", "--tokens", "tokens.txt"] + MODEL_FLAGS + files,
+        work,
+    )
+    jit = run_script(
+        "jit_pretrained.py",
+        ["--nn-model-filename", "exp/cpu_jit.pt", "--tokens", "tokens.txt"] + files,
+        work,
+    )
+    traced = run_script(
+        "jit_trace_pretrained.py",
+        [
+            "--encoder-model-filename", "exp/encoder_jit_trace.pt",
+            "--decoder-model-filename", "exp/decoder_jit_trace.pt",
+            "--joiner-model-filename", "exp/joiner_jit_trace.pt",
+            "--tokens", "tokens.txt", *files,
+        ],
+        work,
+    )  # fmt: skip
+    return {
+        "pretrained": parse_transcripts(pretrained.stdout),
+        "jit": parse_transcripts(jit.stdout),
+        "traced": parse_transcripts(traced.stdout),
+    }
+
+
+def test_pretrained_pt_holds_the_state_dict(work):
+    checkpoint = torch.load(work / "exp/pretrained.pt", map_location="cpu", weights_only=False)
+    assert set(checkpoint) == {"model"}
+    build_model().load_state_dict(checkpoint["model"], strict=True)
+
+
+def test_cpu_jit_loads_without_icefall_and_streams_like_the_reference(work):
+    info = check_loads_without_toolkit(work / "exp/cpu_jit.pt")
+    assert info["imported_forbidden"] == []
+    assert {"forward", "get_init_state", "run_decoder", "run_joiner"} <= set(info["methods"])
+    ref = load_file(str(DATA / "tiny_encoder_streaming.safetensors"))
+    model = torch.jit.load(str(work / "exp/cpu_jit.pt"))
+    names = encoder_state_names(5)
+    states = [ref[f"init_state.{n}"] for n in names]
+    with torch.no_grad():
+        for c in range(7):  # chunk 6 is the short tail chunk (23 frames)
+            out, lens, states = model(ref[f"chunk{c}.x"], ref[f"chunk{c}.x_lens"], states)
+            expected = ref[f"chunk{c}.encoder_out"]
+            assert (out - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+            assert torch.equal(lens, ref[f"chunk{c}.encoder_out_lens"])
+    assert model.decode_chunk_len == 32 and model.context_size == 2
+
+
+def test_traced_encoder_streams_like_the_reference(work):
+    ref = load_file(str(DATA / "tiny_encoder_streaming.safetensors"))
+    encoder = torch.jit.load(str(work / "exp/encoder_jit_trace.pt"))
+    states = [ref[f"init_state.{n}"] for n in encoder_state_names(5)]
+    with torch.no_grad():
+        for c in range(6):  # batch 2, while the trace was taken with batch 1
+            out, _, states = encoder(ref[f"chunk{c}.x"], ref[f"chunk{c}.x_lens"], states)
+            expected = ref[f"chunk{c}.encoder_out"]
+            assert (out - expected).abs().max() <= 1e-5 * max(1.0, expected.abs().max())
+
+
+def test_jit_and_traced_transcripts_equal_pretrained(transcripts):
+    pretrained = transcripts["pretrained"]
+    assert set(pretrained) == {"a.wav", "b.flac", "c.wav"}
+    assert all(len(text.split()) > 3 for text in pretrained.values()), pretrained
+    assert transcripts["jit"] == pretrained
+    assert transcripts["traced"] == pretrained
+
+
+@pytest.mark.parametrize("method", ["modified_beam_search", "fast_beam_search", "beam_search"])
+def test_pretrained_other_methods_and_unreadable_file(work, method):
+    proc = run_script(
+        "pretrained.py",
+        ["--checkpoint", "exp/pretrained.pt", "--tokens", "tokens.txt", "--method", method]
+        + MODEL_FLAGS
+        + ["a.wav", "bad.wav"],
+        work,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "cannot read audio file bad.wav" in proc.stderr
+    assert "1 of 2 files could not be read" in proc.stderr
+    assert parse_transcripts(proc.stdout)["a.wav"]
+
+
+def test_sherpa_onnx_decodes_like_pytorch(work, transcripts):
+    """sherpa-onnx (child process) on the exported files vs our PyTorch streaming greedy search
+    with sherpa's chunking: identical tokens on 16 kHz audio (8 kHz audio is resampled by two
+    different resamplers, so it is only required to decode)."""
+    onnx = {r: work / f"exp/{r}-epoch-1-avg-1.onnx" for r in ("encoder", "decoder", "joiner")}
+    result = run_sherpa_onnx(
+        onnx["encoder"], onnx["decoder"], onnx["joiner"], work / "tokens.txt",
+        wav_files=[work / "a.wav", work / "b.flac", work / "c.wav"], num_streams=2,
+    )  # fmt: skip
+    model = build_model()
+    model.unk_id = 2
+    by_file = {Path(r["id"]).name: r for r in result["results"]}
+    for name in ("a.wav", "b.flac"):
+        samples, sample_rate = sf.read(work / name, dtype="float32", always_2d=True)
+        with torch.no_grad():
+            encoder_out = chunked_encoder_forward(
+                utterance_features(samples.mean(axis=1), sample_rate),
+                model.encoder.streaming_forward,
+                model.encoder.get_init_state(),
+                chunk_size=39,
+                chunk_shift=32,
+            )
+            ids = greedy_search_batch(model, encoder_out, torch.tensor([encoder_out.size(1)]))[0]
+        assert by_file[name]["tokens"] == [PIECES[i].replace("\u2581", " ") for i in ids]
+        assert by_file[name]["text"] == transcripts["pretrained"][name]
+    assert by_file["c.wav"]["tokens"]
+
+
+def test_int8_model_loads_in_sherpa(work):
+    onnx = {r: work / f"exp/{r}-epoch-1-avg-1.int8.onnx" for r in ("encoder", "decoder", "joiner")}
+    result = run_sherpa_onnx(
+        onnx["encoder"], onnx["decoder"], onnx["joiner"], work / "tokens.txt",
+        wav_files=[work / "a.wav"],
+    )  # fmt: skip
+    assert result["results"][0]["tokens"]
