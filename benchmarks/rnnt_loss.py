@@ -141,6 +141,19 @@ def time_it(fn: Callable[[], None], device: torch.device, repeats: int) -> Dict[
     return {"median_s": statistics.median(times), "min_s": min(times)}
 
 
+def cuda_kernel_seconds(fn: Callable[[], None]) -> float:
+    """Summed GPU kernel time of one call (shows how much of the wall time is launch-bound)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    total_us = 0.0
+    for event in prof.key_averages():
+        total_us += getattr(event, "self_device_time_total", None) or event.self_cuda_time_total
+    return total_us / 1e6
+
+
 def cuda_peak_bytes(fn: Callable[[], None], device: torch.device) -> int:
     """Peak CUDA memory above what was allocated before the call."""
     _sync(device)
@@ -195,9 +208,14 @@ def run(device: torch.device, repeats: int) -> Dict[str, object]:
             )
         }
         memory_method = "torch.cuda.max_memory_allocated minus allocated before the call"
+        kernel_seconds = {
+            "full": cuda_kernel_seconds(loss_problem.full),
+            "pruned": cuda_kernel_seconds(loss_problem.pruned),
+        }
     else:
         peaks = {name: cpu_peak_bytes_in_subprocess(name) for name in ("full", "pruned")}
         memory_method = "peak RSS (VmHWM) minus RSS before the call, fresh subprocess each"
+        kernel_seconds = None
 
     mib = 2.0**20
     return {
@@ -208,6 +226,7 @@ def run(device: torch.device, repeats: int) -> Dict[str, object]:
         "full_rnnt_loss_fwd_bwd": full_time,
         "pruned_path_fwd_bwd": pruned_time,
         "speedup_pruned_vs_full": full_time["median_s"] / pruned_time["median_s"],
+        "gpu_kernel_seconds_per_call": kernel_seconds,
         "peak_memory_mib": {name: value / mib for name, value in peaks.items()},
         "memory_ratio_pruned_over_full": peaks["pruned"] / max(peaks["full"], 1),
         "memory_method": memory_method,
