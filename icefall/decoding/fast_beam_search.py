@@ -223,6 +223,11 @@ def advance_streams(
     # Merge candidates that reach the same (stream, graph state, context).
     code = _context_codes(new_contexts, vocab_size)
     ctx_span = (vocab_size + 1) ** new_contexts.size(1)
+    if num_streams * graph.num_states * ctx_span >= 2**62:
+        raise ValueError(
+            "(stream, graph state, context) keys overflow int64: decode fewer utterances at once "
+            "or use a smaller graph / context size"
+        )
     pair_key = (cand_stream * graph.num_states + dst_graph) * ctx_span + code
     unique_pairs, pair_of_cand = torch.unique(pair_key, return_inverse=True)
     pair_score = _segment_max(total, pair_of_cand, unique_pairs.numel())

@@ -14,7 +14,6 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 NEG_INF = float("-inf")
-MAX_DP_ELEMENTS = 4_000_000
 
 
 @dataclass
@@ -167,50 +166,66 @@ class Lattice:
     ) -> torch.Tensor:
         """Log-sum of (unscaled) scores of all paths whose label sequence equals each sequence.
 
+        A sparse forward pass over (sequence, node, position) triples: an arc keeps the position
+        if its label is epsilon (blank/final for tokens, 0 for aux labels) and advances it if
+        its label is the next label of the sequence.
+
         Args:
           sequences: K label sequences (token ids, or aux labels when ``use_aux``).
         Returns:
           (K,) total scores (``-inf`` if the lattice has no such path).
         """
-        if not sequences:
-            return self.scores.new_zeros(0)
-        max_len = max(len(s) for s in sequences)
-        arcs_per_frame = max((sl.stop - sl.start for sl in self._frame_slices()), default=1)
-        group = max(1, MAX_DP_ELEMENTS // (max(arcs_per_frame, 1) * (max_len + 1)))
-        parts = [
-            self._sequence_scores_group(sequences[i : i + group], use_aux)
-            for i in range(0, len(sequences), group)
-        ]
-        return torch.cat(parts)
-
-    def _sequence_scores_group(
-        self, sequences: Sequence[Sequence[int]], use_aux: bool
-    ) -> torch.Tensor:
         device = self.src.device
+        num_seqs = len(sequences)
+        if num_seqs == 0:
+            return self.scores.new_zeros(0)
         scores = self.scores
         arc_labels = self.aux_labels if use_aux else self.labels
-        num_seqs = len(sequences)
         max_len = max(len(s) for s in sequences)
-        padded = torch.full((num_seqs, max_len + 1), -2, dtype=torch.int64, device=device)
+        span = max_len + 1
+        # Column max_len (and beyond each sequence's end) holds -2, which no arc label equals.
+        padded = torch.full((num_seqs, span), -2, dtype=torch.int64, device=device)
         for k, seq in enumerate(sequences):
-            padded[k, : len(seq)] = torch.tensor(list(seq), dtype=torch.int64, device=device)
-        alpha = scores.new_full((num_seqs, 1, max_len + 1), NEG_INF)
-        alpha[:, 0, 0] = 0.0
+            if seq:
+                padded[k, : len(seq)] = torch.tensor(list(seq), dtype=torch.int64, device=device)
+        seq_ids = torch.arange(num_seqs, device=device)
+        nodes = torch.zeros(num_seqs, dtype=torch.int64, device=device)
+        positions = torch.zeros(num_seqs, dtype=torch.int64, device=device)
+        totals = scores.new_zeros(num_seqs)
         for f, sl in enumerate(self._frame_slices()):
             src = self.src[sl] - self.node_begin[f]
-            dst = self.dst[sl] - self.node_begin[f + 1]
+            num_cur = self.node_begin[f + 1] - self.node_begin[f]
             num_next = self.node_begin[f + 2] - self.node_begin[f + 1]
-            labels = arc_labels[sl]
-            from_src = alpha[:, src, :] + scores[sl].view(1, -1, 1)
-            is_eps = (labels <= 0).view(1, -1, 1)
-            stay = torch.where(is_eps, from_src, NEG_INF)
-            match = padded[:, :max_len].unsqueeze(1) == labels.view(1, -1, 1)
-            advance = torch.where(match & ~is_eps, from_src[:, :, :max_len], NEG_INF)
-            contrib = stay.clone()
-            contrib[:, :, 1:] = torch.logaddexp(contrib[:, :, 1:], advance)
-            alpha = _scatter_logsumexp_dim1(contrib, dst, num_next)
+            order = torch.argsort(src, stable=True)
+            counts = torch.bincount(src, minlength=num_cur)
+            first = torch.cumsum(counts, 0) - counts
+            per_entry = counts[nodes]
+            entry = torch.repeat_interleave(torch.arange(nodes.numel(), device=device), per_entry)
+            entry_start = torch.cumsum(per_entry, 0) - per_entry
+            local = first[nodes][entry] + torch.arange(entry.numel(), device=device)
+            arcs = order[local - entry_start[entry]] + sl.start
+            labels = arc_labels[arcs]
+            is_eps = labels <= 0
+            k = seq_ids[entry]
+            pos = positions[entry]
+            advance = (~is_eps) & (labels == padded[k, pos])
+            keep = is_eps | advance
+            k, arcs = k[keep], arcs[keep]
+            new_pos = pos[keep] + advance[keep].long()
+            new_scores = totals[entry[keep]] + scores[arcs]
+            dst = self.dst[arcs] - self.node_begin[f + 1]
+            keys = (k * num_next + dst) * span + new_pos
+            unique_keys, inverse = torch.unique(keys, return_inverse=True)
+            totals = _scatter_logsumexp_into(
+                scores.new_full((unique_keys.numel(),), NEG_INF), inverse, new_scores
+            )
+            positions = unique_keys % span
+            nodes = (unique_keys // span) % max(num_next, 1)
+            seq_ids = unique_keys // (span * max(num_next, 1))
         lengths = torch.tensor([len(s) for s in sequences], device=device)
-        return alpha[torch.arange(num_seqs, device=device), 0, lengths]
+        done = positions == lengths[seq_ids]
+        out = scores.new_full((num_seqs,), NEG_INF)
+        return out.index_put_((seq_ids[done],), totals[done])
 
 
 def _scatter_logsumexp_into(out: torch.Tensor, index: torch.Tensor, x: torch.Tensor):
@@ -218,18 +233,4 @@ def _scatter_logsumexp_into(out: torch.Tensor, index: torch.Tensor, x: torch.Ten
     m = out.scatter_reduce(0, index, x, reduce="amax", include_self=True)
     safe_m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     total = torch.exp(out - safe_m).scatter_add(0, index, torch.exp(x - safe_m[index]))
-    return torch.where(total > 0, safe_m + torch.log(total), torch.full_like(m, NEG_INF))
-
-
-def _scatter_logsumexp_dim1(x: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
-    """(K, A, L) -> (K, size, L): logsumexp of x[:, a, :] grouped by index[a]."""
-    k, _, length = x.shape
-    idx = index.view(1, -1, 1).expand_as(x)
-    m = x.new_full((k, size, length), NEG_INF).scatter_reduce(
-        1, idx, x, reduce="amax", include_self=True
-    )
-    safe_m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    total = x.new_zeros((k, size, length)).scatter_add(
-        1, idx, torch.exp(x - torch.gather(safe_m, 1, idx))
-    )
     return torch.where(total > 0, safe_m + torch.log(total), torch.full_like(m, NEG_INF))
