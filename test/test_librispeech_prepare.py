@@ -97,3 +97,34 @@ def test_rerun_is_a_noop(workdir: Path) -> None:
 def test_bad_option_is_rejected(workdir: Path) -> None:
     result = run_prepare(workdir, "--no-such-option", "1")
     assert result.returncode != 0
+
+
+def test_mini_librispeech_and_data_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--mini-libri true: the mini parts go through stages 0-5 and feed the data module (run
+    from the recipe folder, like train.py: feature paths are relative to it)."""
+    import argparse
+
+    from icefall.data.datamodule import AsrDataModule
+
+    shutil.copy(RECIPE / "prepare.sh", tmp_path / "prepare.sh")
+    (tmp_path / "shared").symlink_to((RECIPE / "shared").resolve())
+    write_librispeech_fixture(tmp_path / "download", ["train-clean-5", "dev-clean-2"], 4)
+    write_musan_fixture(tmp_path / "download", duration_s=6.0)
+    result = run_prepare(tmp_path, "--mini-libri", "true", "--vocab-size", "30", "--nj", "1")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    fbank = tmp_path / "data" / "fbank"
+    assert len(load_manifest(fbank / "librispeech_cuts_train-clean-5.jsonl.gz")) == 12
+    assert not (fbank / "librispeech_cuts_train-all-shuf.jsonl.gz").exists()
+    monkeypatch.chdir(tmp_path)
+    parser = argparse.ArgumentParser()
+    AsrDataModule.add_arguments(parser)
+    args = parser.parse_args(
+        ["--corpus", "librispeech", "--mini-libri", "true", "--manifest-dir", "data/fbank",
+         "--num-workers", "0", "--max-duration", "10", "--drop-last", "false"]
+    )  # fmt: skip
+    data = AsrDataModule(args)
+    ids = [
+        c.id for b in data.train_dataloaders(data.train_cuts()) for c in b["supervisions"]["cut"]
+    ]
+    assert len(ids) == 12
+    assert len(data.valid_cuts().to_eager()) == 4

@@ -195,8 +195,10 @@ class _FailureCounter:
     def record(self, cut_id: str, error: Exception) -> None:
         self.count += 1
         if self.count <= WARNINGS_PER_WORKER or self.count % 100 == 0:
+            # lhotse appends the whole cut to error messages: keep the first line only.
+            message = str(error).split("\n", 1)[0][:200]
             logging.warning(
-                f"skipping cut {cut_id}: {self.what} ({type(error).__name__}: {error}); "
+                f"skipping cut {cut_id}: {self.what} ({type(error).__name__}: {message}); "
                 f"{self.count} cut(s) skipped so far in this worker"
             )
 
