@@ -170,3 +170,53 @@ def test_empty_and_zero_length_inputs(toy_batch):
     with torch.no_grad():
         assert greedy_search_batch(model, enc[:2, :3], lens)[0] == []
         assert modified_beam_search(model, enc[:2, :3], lens, beam=2)[0] == []
+
+
+@pytest.mark.parametrize("method", ["greedy_search", "modified_beam_search", "fast_beam_search"])
+def test_streaming_states_continue_across_chunks(toy_batch, method):
+    """Feeding the encoder output chunk by chunk (any chunking, any subset of streams per call)
+    gives the non-streaming result, timestamps included."""
+    from icefall.decoding import fast_beam_search_one_best, trivial_graph
+    from icefall.decoding.fast_beam_search import FastBeamSearchConfig
+    from icefall.decoding.streaming import make_search_state, streaming_search
+
+    model, enc, lens = toy_batch
+    graph = trivial_graph(11)
+    with torch.no_grad():
+        if method == "greedy_search":
+            expected = greedy_search_batch(model, enc, lens, return_timestamps=True)
+        elif method == "modified_beam_search":
+            expected = modified_beam_search(model, enc, lens, beam=3, return_timestamps=True)
+        else:
+            expected = fast_beam_search_one_best(
+                model, graph, enc, lens, 6.0, 16, 4, return_timestamps=True
+            )
+        states = [make_search_state(method, model, enc.device, graph) for _ in lens]
+        config = FastBeamSearchConfig(beam=6.0, max_states=16, max_contexts=4)
+        bounds = [0, 4, 5, 13, 22, 30]
+        for step, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            # Streams take turns: on odd steps utterance 0 waits and catches up later.
+            members = [i for i in range(len(lens)) if not (step % 2 and i == 0)]
+            chunk_lens = (lens[members] - a).clamp(min=0, max=b - a)
+            streaming_search(
+                method,
+                model,
+                enc[members, a:b],
+                [states[i] for i in members],
+                encoder_out_lens=chunk_lens,
+                num_active_paths=3,
+                fast_beam_config=config,
+            )
+            if step % 2:
+                catch_up = (lens[:1] - a).clamp(min=0, max=b - a)
+                streaming_search(
+                    method,
+                    model,
+                    enc[:1, a:b],
+                    states[:1],
+                    encoder_out_lens=catch_up,
+                    num_active_paths=3,
+                    fast_beam_config=config,
+                )
+    assert [s.tokens for s in states] == expected.hyps
+    assert [s.timestamps for s in states] == expected.timestamps
