@@ -23,7 +23,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, List, Optional, Protocol
 
 from lhotse import CutSet
 from lhotse.cut import Cut
@@ -34,6 +34,12 @@ from lhotse.utils import compute_num_frames
 FRAME_SHIFT_S = 0.01
 WARNINGS_PER_REASON = 3
 SUPERVISION_TOLERANCE_S = 1e-3
+
+
+class TokenEncoder(Protocol):
+    """What the token/frame check needs from a sentencepiece processor."""
+
+    def encode(self, text: str) -> List[int]: ...
 
 
 def encoder_frames(num_frames: int) -> int:
@@ -79,7 +85,7 @@ class CutChecker:
 
     min_duration: float = 1.0
     max_duration: float = 20.0
-    sp: Optional[object] = None
+    sp: Optional[TokenEncoder] = None
     subsampling: Callable[[int], int] = encoder_frames
     check_audio: bool = False
 
@@ -179,7 +185,7 @@ class LazyCountingFilter:
 
 def filter_cuts(
     cuts: CutSet,
-    sp: Optional[object] = None,
+    sp: Optional[TokenEncoder] = None,
     min_duration: float = 1.0,
     max_duration: float = 20.0,
     subsampling: Callable[[int], int] = encoder_frames,
