@@ -101,7 +101,9 @@ def _extract_chunk(
         LilcomChunkyWriter(storage_path) as storage,
         CutSet.open_writer(manifest_path) as writer,
     ):
-        for cut in tqdm(cuts, desc=desc, position=position, leave=False, mininterval=2.0):
+        # disable=None: a progress bar on terminals only, not in log files.
+        progress = tqdm(cuts, desc=desc, position=position, leave=False, disable=None)
+        for cut in progress:
             try:
                 if cut.duration <= 0 or cut.num_samples == 0:
                     raise EmptyAudioError("the recording has no samples")
