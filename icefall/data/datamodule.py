@@ -527,7 +527,7 @@ class AsrDataModule:
                 max_duration=args.max_duration,
                 shuffle=args.shuffle,
                 num_buckets=num_buckets,
-                buffer_size=num_buckets * 2000,
+                buffer_size=num_buckets * 5000,
                 drop_last=args.drop_last,
             )
         else:
