@@ -150,7 +150,8 @@ def cuda_kernel_seconds(fn: Callable[[], None]) -> float:
         torch.cuda.synchronize()
     total_us = 0.0
     for event in prof.key_averages():
-        total_us += getattr(event, "self_device_time_total", None) or event.self_cuda_time_total
+        device_us = getattr(event, "self_device_time_total", None)
+        total_us += event.self_cuda_time_total if device_us is None else device_us
     return total_us / 1e6
 
 

@@ -188,20 +188,27 @@ def _reindex(x: Tensor, s_offset: Tensor, t_offset: Tensor, reverse: bool) -> Te
 
     Args:
       x: (B, M, N).
-      s_offset, t_offset: (B,) int64 offsets.
+      s_offset, t_offset: (B,) int64 offsets; every index they produce lies in [-M, 2M) x
+        [-N, 2N) (true for all the shifts and reversals used here).
       reverse: if True, read the axes backwards.
     Returns:
       y: (B, M, N) with ``y[b, i, j] = x[b, s_offset[b] + d * i, t_offset[b] + d * j]``,
       d = -1 if reverse else 1, and -inf where that index falls outside x.
     """
     B, M, N = x.shape
+    if M == 0 or N == 0:
+        return x.clone()
     step = -1 if reverse else 1
-    rows = s_offset.view(B, 1) + step * torch.arange(M, device=x.device)  # (B, M)
-    cols = t_offset.view(B, 1) + step * torch.arange(N, device=x.device)  # (B, N)
-    inside = ((rows >= 0) & (rows < M)).unsqueeze(2) & ((cols >= 0) & (cols < N)).unsqueeze(1)
-    flat = rows.clamp(0, M - 1).unsqueeze(2) * N + cols.clamp(0, N - 1).unsqueeze(1)
-    y = torch.gather(x.reshape(B, M * N), 1, flat.reshape(B, M * N)).view(B, M, N)
-    return y.masked_fill(~inside, NEG_INF)
+    # Modulo (2M, 2N), every out-of-range index lands in the -inf padding.
+    padded = F.pad(x, (0, N, 0, M), value=NEG_INF)  # (B, 2M, 2N)
+    rows = torch.remainder(
+        s_offset.view(B, 1) + torch.arange(0, step * M, step, device=x.device), 2 * M
+    )
+    cols = torch.remainder(
+        t_offset.view(B, 1) + torch.arange(0, step * N, step, device=x.device), 2 * N
+    )
+    flat = (rows * (2 * N)).unsqueeze(2) + cols.unsqueeze(1)  # (B, M, N)
+    return torch.gather(padded.reshape(B, 4 * M * N), 1, flat.view(B, M * N)).view(B, M, N)
 
 
 def _skew(m: Tensor) -> Tensor:
@@ -328,16 +335,13 @@ def _backward_scores(px: Tensor, py: Tensor, boundary: Tensor, modified: bool) -
     return _reindex(reversed_alpha, s_end, t_end, reverse=True)
 
 
-def _inside_mask(
-    boundary: Tensor, num_rows: int, num_cols: int, row_end_offset: int, col_end_offset: int
-) -> Tensor:
-    """(B, num_rows, num_cols) bool: s in [s_begin, s_end + row_end_offset],
-    t in [t_begin, t_end + col_end_offset]."""
-    rows = torch.arange(num_rows, device=boundary.device).view(1, -1)
-    cols = torch.arange(num_cols, device=boundary.device).view(1, -1)
-    row_ok = (rows >= boundary[:, 0:1]) & (rows <= boundary[:, 2:3] + row_end_offset)
-    col_ok = (cols >= boundary[:, 1:2]) & (cols <= boundary[:, 3:4] + col_end_offset)
-    return row_ok.unsqueeze(2) & col_ok.unsqueeze(1)
+def _outside_box(boundary: Tensor, S: int, T: int) -> Tensor:
+    """(B, S+1, T+1) bool: cell (s, t) lies outside [s_begin, s_end] x [t_begin, t_end]."""
+    rows = torch.arange(S + 1, device=boundary.device).view(1, -1)
+    cols = torch.arange(T + 1, device=boundary.device).view(1, -1)
+    row_out = (rows < boundary[:, 0:1]) | (rows > boundary[:, 2:3])
+    col_out = (cols < boundary[:, 1:2]) | (cols > boundary[:, 3:4])
+    return row_out.unsqueeze(2) | col_out.unsqueeze(1)
 
 
 def _scores_and_occupation(
@@ -369,12 +373,15 @@ def _scores_and_occupation(
         px_grad = torch.exp(alpha[:, :-1, :] + px + beta[:, 1:, :] - shift)
     py_grad = torch.exp(alpha[:, :, :-1] + py + beta[:, :, 1:] - shift)
     if user_boundary:
-        # Whatever lies outside an utterance's box (padding) gets exactly zero gradient.
-        S = px.shape[1]
-        px_grad = px_grad.masked_fill(
-            ~_inside_mask(boundary, S, px.shape[2], -1, -1 if modified else 0), 0.0
-        )
-        py_grad = py_grad.masked_fill(~_inside_mask(boundary, S + 1, T, 0, -1), 0.0)
+        # A transition gets exactly zero gradient unless both of its cells lie inside the box
+        # (whatever lies in the padding, even NaN).
+        outside = _outside_box(boundary, px.shape[1], T)
+        if modified:
+            px_outside = outside[:, :-1, :-1] | outside[:, 1:, 1:]
+        else:
+            px_outside = outside[:, :-1, :] | outside[:, 1:, :]
+        px_grad = px_grad.masked_fill(px_outside, 0.0)
+        py_grad = py_grad.masked_fill(outside[:, :, :-1] | outside[:, :, 1:], 0.0)
     return total, px_grad, py_grad
 
 
