@@ -232,3 +232,40 @@ def test_int8_model_loads_in_sherpa(work):
         wav_files=[work / "a.wav"],
     )  # fmt: skip
     assert result["results"][0]["tokens"]
+
+
+def test_onnx_check_agrees_with_cpu_jit(work):
+    onnx = [work / f"exp/{r}-epoch-1-avg-1.onnx" for r in ("encoder", "decoder", "joiner")]
+    proc = run_script(
+        "onnx_check.py",
+        ["--jit-filename", "exp/cpu_jit.pt", "--onnx-encoder-filename", str(onnx[0]),
+         "--onnx-decoder-filename", str(onnx[1]), "--onnx-joiner-filename", str(onnx[2]),
+         "--num-chunks", "2"],
+        work,
+    )  # fmt: skip
+    assert "ONNX and TorchScript agree" in proc.stderr
+
+
+def test_onnx_pretrained_needs_no_torch_and_equals_pretrained(work, transcripts):
+    """onnx_pretrained.py runs with ``torch`` made unimportable and gives pretrained.py's
+    transcripts (same features, resampler, chunking and greedy search)."""
+    onnx = [work / f"exp/{r}-epoch-1-avg-1.onnx" for r in ("encoder", "decoder", "joiner")]
+    argv = [
+        str(RECIPE / "onnx_pretrained.py"),
+        "--encoder-model-filename", str(onnx[0]), "--decoder-model-filename", str(onnx[1]),
+        "--joiner-model-filename", str(onnx[2]), "--tokens", "tokens.txt",
+        "a.wav", "b.flac", "c.wav",
+    ]  # fmt: skip
+    code = (
+        "import importlib.abc, runpy, sys\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'torch':\n"
+        "            raise ImportError('onnx_pretrained.py must not import torch')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        f"sys.argv = {argv!r}\n"
+        f"runpy.run_path({argv[0]!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert parse_transcripts(proc.stdout) == transcripts["pretrained"]

@@ -7,12 +7,17 @@ sherpa-onnx all see the same chunks: windows of ``chunk_size`` (= ``T``) frames 
 features of the audio followed by 0.66 s of zeros (:func:`utterance_features`).
 """
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, List, Tuple
 
 import numpy as np
 import torch
 
-from icefall.export.streaming_reference import resample, sherpa_fbank
+from icefall.export.streaming_reference import (  # noqa: F401 - re-exported
+    ids_to_text,
+    read_sound_files,
+    resample,
+    sherpa_fbank,
+)
 
 EncoderStep = Callable[
     [torch.Tensor, torch.Tensor, List[torch.Tensor]],
@@ -60,32 +65,3 @@ def chunked_encoder_forward(
             f"utterance has {features.size(0)} frames, fewer than one chunk ({chunk_size + 1})"
         )
     return torch.cat(outputs, dim=1)
-
-
-def read_sound_files(
-    paths: Sequence[str],
-) -> Tuple[List[Tuple[str, np.ndarray, int]], List[str]]:
-    """Reads sound files (any format soundfile knows, any sample rate, mono-mixed).
-
-    Returns:
-      (``[(path, samples (S,) float32, sample_rate)]`` for the readable files,
-      one error message per file that could not be read).
-    """
-    from icefall.export.sherpa_decode import load_wav_files
-
-    loaded, errors = [], []
-    for path in paths:
-        try:
-            loaded.extend(load_wav_files([path]))
-        except ValueError as e:
-            errors.append(str(e))
-            continue
-        if loaded[-1][1].size == 0:
-            loaded.pop()
-            errors.append(f"audio file {path} has no samples")
-    return loaded, errors
-
-
-def ids_to_text(token_ids: Sequence[int], id_to_symbol: Dict[int, str]) -> str:
-    """Joins BPE pieces into text: ``"▁HE" "LLO"`` -> ``"HELLO"`` (``▁`` starts a word)."""
-    return "".join(id_to_symbol[i] for i in token_ids).replace("\u2581", " ").strip()

@@ -15,9 +15,11 @@ The model is given as three callables, so the same loop runs ONNX files
 """
 
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+
+from icefall.export.sherpa_decode import load_wav_files
 
 PathLike = Union[str, Path]
 SAMPLE_RATE = 16000
@@ -200,3 +202,30 @@ class OnnxStreamingTransducer:
             unk_id=unk_id,
         )
         return hyp
+
+
+def read_sound_files(
+    paths: Sequence[str],
+) -> Tuple[List[Tuple[str, np.ndarray, int]], List[str]]:
+    """Reads sound files (any format soundfile knows, any sample rate, mono-mixed).
+
+    Returns:
+      (``[(path, samples (S,) float32, sample_rate)]`` for the readable files,
+      one error message per file that could not be read).
+    """
+    loaded, errors = [], []
+    for path in paths:
+        try:
+            loaded.extend(load_wav_files([path]))
+        except ValueError as e:
+            errors.append(str(e))
+            continue
+        if loaded[-1][1].size == 0:
+            loaded.pop()
+            errors.append(f"audio file {path} has no samples")
+    return loaded, errors
+
+
+def ids_to_text(token_ids: Sequence[int], id_to_symbol: Dict[int, str]) -> str:
+    """Joins BPE pieces into text: ``"▁HE" "LLO"`` -> ``"HELLO"`` (``▁`` starts a word)."""
+    return "".join(id_to_symbol[i] for i in token_ids).replace("\u2581", " ").strip()
