@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,29 @@ TINY_RECIPE = REPO / "egs" / "tiny" / "ASR"
 TINY_LINKS = ("prepare.sh", "local", "shared", "pruned_transducer_stateless7_streaming")
 
 
+# The library modules prepare.sh runs (the data module itself does not change the prepared data).
+PREPARE_MODULES = (
+    "tts_corpus",
+    "text_sources",
+    "noise",
+    "compute_fbank",
+    "compute_fbank_musan",
+    "fbank",
+    "train_bpe",
+    "bpe",
+    "validate_manifest",
+    "validate",
+)
+# Builds of other source versions unused for this long are removed (other sessions may still
+# be reading younger ones).
+STALE_SECONDS = 3 * 3600
+
+
 def tiny_sources_hash() -> str:
     """md5 over the files that determine the prepared ci corpus."""
     files = [TINY_RECIPE / "prepare.sh", REPO / "icefall" / "shared" / "parse_options.sh"]
     files += sorted((TINY_RECIPE / "local").glob("*.py"))
-    files += sorted((REPO / "icefall" / "data").glob("*.py"))
+    files += [REPO / "icefall" / "data" / f"{name}.py" for name in PREPARE_MODULES]
     h = hashlib.md5()
     for path in files:
         if path.exists():
@@ -62,6 +81,18 @@ def tiny_env() -> dict[str, str]:
     return env
 
 
+def remove_stale_builds(cache_root: Path, keep: Path) -> None:
+    """Deletes the builds in ``cache_root`` other than ``keep`` not used for STALE_SECONDS."""
+    now = time.time()
+    for build in cache_root.iterdir():
+        if not build.is_dir() or build == keep:
+            continue
+        stamp = build / ".complete"
+        last_used = (stamp if stamp.exists() else build).stat().st_mtime
+        if now - last_used > STALE_SECONDS:
+            shutil.rmtree(build, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_ci_dir(request: pytest.FixtureRequest) -> Path:
     """Path of a prepared ci-size tiny corpus (``.../egs/tiny/ASR``); read-only for tests."""
@@ -72,11 +103,12 @@ def tiny_ci_dir(request: pytest.FixtureRequest) -> Path:
     with open(cache_root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         work = root / "egs" / "tiny" / "ASR"
+        remove_stale_builds(cache_root, keep=root)
         if complete.exists():
+            complete.touch()
             return work
-        for stale in cache_root.iterdir():
-            if stale.is_dir():
-                shutil.rmtree(stale)
+        if root.exists():
+            shutil.rmtree(root)
         work = make_tiny_workdir(root)
         (work / "download").mkdir()
         # The unpacked Debian text packages survive source changes.

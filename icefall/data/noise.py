@@ -78,12 +78,18 @@ def mix_at_snr(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarr
     return (speech + gain * noise).astype(np.float32)
 
 
-def synthetic_rir(rt60: float, rng: np.random.Generator) -> np.ndarray:
+def synthetic_rir(
+    rt60: float, rng: np.random.Generator, drr_db: tuple[float, float] = (2.0, 10.0)
+) -> np.ndarray:
     """A room impulse response of shape ``(int(rt60 * 16000),)``: a direct path then
-    exponentially decaying Gaussian noise reaching -60 dB at ``rt60`` seconds."""
+    exponentially decaying Gaussian noise reaching -60 dB at ``rt60`` seconds, with a
+    direct-to-reverberant energy ratio drawn from ``drr_db``."""
     n = max(int(rt60 * SAMPLE_RATE), 2)
     t = np.arange(n) / SAMPLE_RATE
-    rir = rng.standard_normal(n) * np.exp(-6.9078 * t / rt60) * 0.3
+    tail = rng.standard_normal(n) * np.exp(-6.9078 * t / rt60)
+    tail[0] = 0.0
+    drr = float(rng.uniform(*drr_db))
+    rir = tail * np.sqrt(10.0 ** (-drr / 10.0) / max(float(np.sum(tail**2)), 1e-12))
     rir[0] = 1.0
     return (rir / np.sqrt(np.sum(rir**2))).astype(np.float32)
 

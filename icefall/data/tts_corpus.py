@@ -7,7 +7,7 @@ Writes a LibriSpeech-layout corpus (``OUT/<part>/<spk>/<chap>/<spk>-<chap>-<utt>
 - ``dev``: the training voices speaking sentences never in ``train``;
 - ``test-clean`` / ``test-other``: voice identities never in ``train`` (including Piper, an
   engine never used for training) speaking sentences never in ``train``; both parts hold the
-  same clean speech, ``test-other`` with added noise (SNR 0-20 dB) and some reverb.
+  same clean speech, ``test-other`` with added noise (SNR 5-20 dB) and some reverb.
 
 Text comes from :mod:`icefall.data.text_sources`; noise and reverb from :mod:`icefall.data.noise`.
 Every random choice derives from ``--seed``, so a run is bit-identical to an earlier one with the
@@ -175,7 +175,7 @@ PART_NOISE = {
     "train": NoiseConfig(p_noise=0.3, snr=(5.0, 30.0), p_reverb=0.1),
     "dev": CLEAN,
     "test-clean": CLEAN,
-    "test-other": NoiseConfig(p_noise=1.0, snr=(0.0, 20.0), p_reverb=0.3),
+    "test-other": NoiseConfig(p_noise=1.0, snr=(5.0, 20.0), p_reverb=0.3),
 }
 NOISE_KINDS = ("white", "pink", "brown", "babble")
 
