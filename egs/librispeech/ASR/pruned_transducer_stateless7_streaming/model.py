@@ -15,6 +15,7 @@ from typing import List, Tuple, Union
 
 import torch
 import torch.nn as nn
+
 from icefall.rnnt_loss import (
     do_rnnt_pruning,
     get_rnnt_prune_ranges,

@@ -547,19 +547,33 @@ def get_transducer_model(params: AttributeDict) -> nn.Module:
 # Random number generator states (for exact resumption)
 
 
-def get_rng_states() -> Dict[str, Any]:
-    """The states of Python's ``random``, NumPy's and torch's (CPU and CUDA) generators."""
-    states = {
+def _data_transforms(train_dl: Any) -> List[Any]:
+    dataset = getattr(train_dl, "dataset", None)
+    cut_transforms = getattr(dataset, "cut_transforms", None) or []
+    input_transforms = getattr(dataset, "input_transforms", None) or []
+    return list(cut_transforms) + list(input_transforms)
+
+
+def get_rng_states(train_dl: Any = None) -> Dict[str, Any]:
+    """The states of Python's ``random``, NumPy's and torch's (CPU and CUDA) generators, and of
+    the private generators of ``train_dl``'s data transforms (lhotse's ``CutMix`` keeps one)."""
+    states: Dict[str, Any] = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
+    transforms = _data_transforms(train_dl)
+    states["data_transforms"] = {
+        i: t.rng.getstate()
+        for i, t in enumerate(transforms)
+        if isinstance(getattr(t, "rng", None), random.Random)
+    }
     return states
 
 
-def set_rng_states(states: Dict[str, Any]) -> None:
+def set_rng_states(states: Dict[str, Any], train_dl: Any = None) -> None:
     """Restore generator states saved by :func:`get_rng_states`."""
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
@@ -567,6 +581,50 @@ def set_rng_states(states: Dict[str, Any]) -> None:
     if "cuda" in states and torch.cuda.is_available():
         if len(states["cuda"]) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states["cuda"])
+    transforms = _data_transforms(train_dl)
+    for i, state in states.get("data_transforms", {}).items():
+        if i < len(transforms) and hasattr(transforms[i], "rng"):
+            transforms[i].rng = random.Random()
+            transforms[i].rng.setstate(state)
+
+
+def reseed_data_transforms(train_dl: Any, seed: int) -> None:
+    """Give data transforms with a private generator (lhotse's ``CutMix``) a per-epoch seed, so
+    that epochs differ and a run resumed at an epoch boundary matches an uninterrupted one."""
+    for i, transform in enumerate(_data_transforms(train_dl)):
+        if hasattr(transform, "rng"):
+            transform.rng = random.Random(seed * 1000 + i)
+
+
+# Module attributes that change during training but are not in the state_dict: the warm-up
+# batch counters, ActivationBalancer's call count and Whiten's current probability. Checkpoints
+# carry them so that a resumed run continues exactly like an uninterrupted one.
+TRAINING_STATE_ATTRIBUTES = ("batch_count", "cpu_count", "prob")
+
+
+def get_module_training_state(model: nn.Module) -> Dict[str, Dict[str, Any]]:
+    """``{module name: {attribute: value}}`` for :data:`TRAINING_STATE_ATTRIBUTES`."""
+    model = model.module if isinstance(model, DDP) else model
+    state: Dict[str, Dict[str, Any]] = {}
+    for name, module in model.named_modules():
+        values = {
+            attr: getattr(module, attr)
+            for attr in TRAINING_STATE_ATTRIBUTES
+            if isinstance(module.__dict__.get(attr), (int, float))
+        }
+        if values:
+            state[name] = values
+    return state
+
+
+def set_module_training_state(model: nn.Module, state: Dict[str, Dict[str, Any]]) -> None:
+    """Restore what :func:`get_module_training_state` returned (unknown modules are ignored)."""
+    model = model.module if isinstance(model, DDP) else model
+    modules = dict(model.named_modules())
+    for name, values in state.items():
+        if name in modules:
+            for attr, value in values.items():
+                setattr(modules[name], attr, value)
 
 
 @contextlib.contextmanager
@@ -653,10 +711,15 @@ def load_checkpoint_if_available(
     return saved_params
 
 
-def _params_for_checkpoint(params: AttributeDict, with_rng: bool) -> Dict[str, Any]:
+def _params_for_checkpoint(
+    params: AttributeDict, model: nn.Module, train_dl: Any = None
+) -> Dict[str, Any]:
+    """``params`` plus the modules' training state and, for ``checkpoint-B.pt`` (``train_dl``
+    given), the generator states."""
     saved = dict(params)
-    if with_rng:
-        saved["rng_states"] = get_rng_states()
+    saved["module_training_state"] = get_module_training_state(model)
+    if train_dl is not None:
+        saved["rng_states"] = get_rng_states(train_dl)
     return saved
 
 
@@ -678,7 +741,7 @@ def save_checkpoint(
         filename=filename,
         model=model,
         model_avg=model_avg,
-        params=_params_for_checkpoint(params, with_rng=False),
+        params=_params_for_checkpoint(params, model),
         optimizer=optimizer,
         scheduler=scheduler,
         scaler=scaler,
@@ -945,7 +1008,7 @@ def train_one_epoch(
 
     batches = iter(train_dl)
     if rng_states is not None:
-        set_rng_states(rng_states)
+        set_rng_states(rng_states, train_dl)
 
     batch_idx = first_batch_idx - 1
     for batch_idx, batch in enumerate(batches, start=first_batch_idx):
@@ -998,7 +1061,7 @@ def train_one_epoch(
                 global_batch_idx=params.batch_idx_train,
                 model=model,
                 model_avg=model_avg,
-                params=_params_for_checkpoint(params, with_rng=True),
+                params=_params_for_checkpoint(params, model, train_dl),
                 optimizer=optimizer,
                 scheduler=scheduler,
                 sampler=sampler,
@@ -1237,6 +1300,10 @@ def run(
         scheduler=scheduler,
         scaler=scaler,
     )
+    # The warm-up schedules read module.batch_count, which is not part of the state_dict.
+    set_batch_count(model, params.batch_idx_train)
+    if checkpoints is not None and "module_training_state" in checkpoints:
+        set_module_training_state(model, checkpoints["module_training_state"])
     if world_size > 1:
         logging.info("Using DDP")
         device_ids = [device.index] if device.type == "cuda" else None
@@ -1257,6 +1324,7 @@ def run(
     for epoch in range(params.start_epoch, params.num_epochs + 1):
         scheduler.step_epoch(epoch - 1)
         fix_random_seed(params.seed + epoch - 1)
+        reseed_data_transforms(train_dl, params.seed + epoch - 1)
         if isinstance(train_dl, torch.utils.data.DataLoader) and train_dl.generator is not None:
             train_dl.generator.manual_seed(params.seed + epoch - 1)
         train_dl.sampler.set_epoch(epoch - 1)
