@@ -201,13 +201,19 @@ def decode_dataset(
       ``{key: [(cut_id, ref_words, hyp_words), ...]}`` with one key naming the settings.
     """
     texts: Dict[str, str] = {}
+    skipped: Dict[str, str] = {}
 
     def streams() -> Iterable[DecodeStream]:
         for cut in cuts:
-            audio = cut.load_audio()
-            if audio.ndim != 2 or audio.shape[0] != 1:
-                raise ValueError(f"cut {cut.id}: expected mono audio, got shape {audio.shape}")
-            features = compute_fbank(audio[0], sample_rate=cut.sampling_rate)
+            try:
+                audio = cut.load_audio()
+                if audio.ndim != 2 or audio.shape[0] != 1:
+                    raise ValueError(f"expected mono audio, got shape {audio.shape}")
+                features = compute_fbank(audio[0], sample_rate=cut.sampling_rate)
+            except Exception as e:  # unreadable or unusable audio: count it and go on
+                skipped[cut.id] = str(e)
+                logging.warning(f"Skipping cut {cut.id}: {e}")
+                continue
             texts[cut.id] = " ".join(s.text or "" for s in cut.supervisions)
             yield make_stream(params, model, cut.id, features, decoding_graph)
 
@@ -215,6 +221,8 @@ def decode_dataset(
     results = [
         (s.id, texts[s.id].split(), sp.decode(s.decoding_result()).split()) for s in finished
     ]
+    if skipped:
+        logging.warning(f"{len(skipped)} cut(s) skipped because their audio was unusable")
     if params.decoding_method == "greedy_search":
         key = "greedy_search"
     elif params.decoding_method == "fast_beam_search":
