@@ -474,7 +474,9 @@ def load_or_compile_LG(
     if not Path(arpa_file).is_file():
         raise FileNotFoundError(
             f"fast_beam_search_nbest_LG needs {lang_dir}/LG.pt + words.txt, or an ARPA LM to "
-            f"compile it from: {arpa_file} does not exist (set --lm-arpa)"
+            f"compile it from: {arpa_file} does not exist (set --lm-arpa, or estimate one "
+            f"from transcripts: python -m icefall.decoding.arpa --order 3 --text "
+            f"{lang_dir}/transcript_words.txt --out {arpa_file})"
         )
     lexicon_file = lang_dir / "lexicon.txt"
     if lexicon_file.is_file():
