@@ -269,3 +269,43 @@ def test_onnx_pretrained_needs_no_torch_and_equals_pretrained(work, transcripts)
     proc = subprocess.run([sys.executable, "-c", code], cwd=work, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert parse_transcripts(proc.stdout) == transcripts["pretrained"]
+
+
+def test_deploy_benchmark_compares_sherpa_and_pytorch(work):
+    """benchmarks/deploy.py on a two-utterance manifest: every field is there and sherpa-onnx's
+    tokens equal our PyTorch model's when both see the same chunks."""
+    from lhotse import CutSet, Recording, SupervisionSegment
+    from lhotse.cut import MonoCut
+
+    cuts = []
+    for i, name in enumerate(["a.wav", "b.flac"]):
+        recording = Recording.from_file(work / name, recording_id=f"rec{i}")
+        supervision = SupervisionSegment(
+            id=f"sup{i}", recording_id=recording.id, start=0, duration=recording.duration,
+            text="W4 W5 HELLO",
+        )  # fmt: skip
+        cuts.append(
+            MonoCut(
+                id=f"cut{i}",
+                start=0,
+                duration=recording.duration,
+                channel=0,
+                recording=recording,
+                supervisions=[supervision],
+            )  # fmt: skip
+        )
+    CutSet.from_cuts(cuts).to_file(str(work / "deploy_cuts.jsonl.gz"))
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/deploy.py"), "--exp-dir", "exp",
+         "--tokens", "tokens.txt", "--cuts", "deploy_cuts.jsonl.gz", *MODEL_FLAGS],
+        cwd=work, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    result = report["test_sets"]["deploy_cuts"]
+    assert result["num_utterances"] == 2
+    assert result["identical_tokens_sherpa_vs_pytorch_sherpa_chunking"] == 1.0
+    for decoder in ("sherpa_onnx", "sherpa_onnx_int8", "pytorch_streaming_decode"):
+        assert result[decoder]["rtf"] > 0 and result[decoder]["wer"] >= 0
+    assert report["rtf_ratio_pytorch_over_sherpa"] > 0
+    assert report["pytorch_model"].endswith("(eager)")
