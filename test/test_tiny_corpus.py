@@ -73,6 +73,7 @@ def test_unsafe_sentences_are_rejected(raw):
 def test_clean_raw_capitalises_and_ends_sentence():
     assert clean_raw("the dog barked at the moon") == "The dog barked at the moon."
     assert clean_raw("\u201cCome here,\u201d she said.") == "Come here, she said."
+    assert clean_raw("- 'because they said so, he went") == "Because they said so, he went."
 
 
 def test_sentence_split_is_a_function_of_the_text():
@@ -164,6 +165,23 @@ def test_default_plan_keeps_sentences_and_voices_apart():
     assert [s.sentence for s in other_seed["jobs"][0].speeches] != [
         s.sentence for s in plan["jobs"][0].speeches
     ]
+
+
+def test_an_utterance_without_speech_is_skipped(tmp_path, monkeypatch):
+    def engine(name, speeches, tmp):
+        tone = 0.1 * np.sin(np.arange(16000) / 5).astype(np.float32)
+        return [np.zeros(8000, np.float32)] + [tone for _ in speeches[1:]]
+
+    monkeypatch.setitem(tts_corpus.ENGINES, "espeak", engine)
+    voice = tts_corpus.Voice("espeak:en-us", "espeak-en-us", profiles=1)
+    speakers = tts_corpus.make_speakers([voice], 1000, seed=0)
+    rng = np.random.default_rng(0)
+    (job,) = tts_corpus.plan_chapters(speakers, fake_sentences(3), ["dev"], rng)
+    rows = tts_corpus.run_chapter(job, tmp_path)
+    assert [r["id"] for r in rows] == ["1000-3000-0001", "1000-3000-0002"]
+    assert sorted(read_transcripts(tmp_path / "dev")) == ["1000-3000-0001", "1000-3000-0002"]
+    assert not (tmp_path / "dev/1000/3000/1000-3000-0000.flac").exists()
+    assert len(tts_corpus.run_chapter(job, tmp_path)) == 2  # a finished chapter is kept
 
 
 def test_missing_packages_give_the_apt_get_line(monkeypatch):

@@ -72,7 +72,7 @@ def clean_raw(raw: str) -> str | None:
     capitalised and a final full stop added when the sentence has no final punctuation.
     """
     text = raw.translate(_QUOTE_MAP).replace('"', "").replace("(", "").replace(")", "")
-    text = re.sub(r"\s+", " ", text).strip()
+    text = re.sub(r"\s+", " ", text).strip().lstrip("'-,;:. ")
     if not text or not _SAFE_RAW.match(text) or _ALL_CAPS_WORD.search(text):
         return None
     body = text.rstrip(".!?")
@@ -200,11 +200,17 @@ def sentence_split(text: str, dev_permille: int = 20, test_permille: int = 20) -
     return "train"
 
 
+def _rules_version() -> str:
+    """md5 of this module: a cached sentence list made by other rules is rebuilt."""
+    return hashlib.md5(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
 def write_sentences(sentences: list[Sentence], path: Path) -> None:
-    """Writes ``TEXT<TAB>raw<TAB>source`` lines."""
+    """Writes a ``# rules <version>`` line, then ``TEXT<TAB>raw<TAB>source`` lines."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
+        f.write(f"# rules {_rules_version()}\n")
         for s in sentences:
             f.write(f"{s.text}\t{s.raw}\t{s.source}\n")
     tmp.replace(path)
@@ -215,14 +221,16 @@ def read_sentences(path: Path) -> list[Sentence]:
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
+            if line.startswith("#"):
+                continue
             text, raw, source = line.rstrip("\n").split("\t")
             out.append(Sentence(text=text, raw=raw, source=source))
     return out
 
 
 def load_sentences(cache_dir: Path) -> list[Sentence]:
-    """The sentence list, cached as ``cache_dir/sentences.tsv``."""
+    """The sentence list, cached as ``cache_dir/sentences.tsv`` (rebuilt when the rules change)."""
     path = cache_dir / "sentences.tsv"
-    if not path.exists():
+    if not path.exists() or path.open().readline().strip() != f"# rules {_rules_version()}":
         write_sentences(collect_sentences(cache_dir), path)
     return read_sentences(path)

@@ -40,6 +40,7 @@ from icefall.data.text_sources import Sentence, load_sentences, sentence_split
 
 SAMPLE_RATE = 16000
 UTTERANCES_PER_CHAPTER = 50
+MIN_SPEECH_SECONDS = 0.3
 PARTS = ("train", "dev", "test-clean", "test-other")
 FIRST_CHAPTER = {"train": 100, "dev": 3000, "test-clean": 6000, "test-other": 8000}
 FIRST_SPEAKER = {"train": 1000, "test": 5000}
@@ -402,6 +403,11 @@ def trim_silence(audio: np.ndarray, threshold_db: float = -40.0) -> np.ndarray:
     return audio[start:end]
 
 
+def is_speech(audio: np.ndarray) -> bool:
+    """True when trimmed ``audio`` (``(num_samples,)``) is long and loud enough to be speech."""
+    return len(audio) >= MIN_SPEECH_SECONDS * SAMPLE_RATE and rms(audio) > 1e-4
+
+
 def post_process(
     speech: np.ndarray, spoken: Speech, post: Post, talkers: Sequence[np.ndarray]
 ) -> np.ndarray:
@@ -449,6 +455,8 @@ def run_chapter(job: ChapterJob, out_dir: Path) -> list[dict]:
     """Synthesises one chapter and writes every variant; returns one metadata row per file.
 
     A variant whose ``trans.txt`` exists is complete (it is written last) and is not redone.
+    An utterance for which the voice produced no speech is skipped with a warning (its index is
+    then missing from the chapter; the summary counts what was written).
     """
     todo = [
         v
@@ -458,11 +466,16 @@ def run_chapter(job: ChapterJob, out_dir: Path) -> list[dict]:
         .exists()
     ]
     rows: list[dict] = []
+    silent: set[int] = set()
     if todo:
         voice = job.speaker.voice
         with tempfile.TemporaryDirectory(prefix="tts-") as tmp:
             raw = ENGINES[voice.engine](voice.name, job.speeches, Path(tmp))
         speech = [trim_silence(a) for a in raw]
+        silent = {i for i, audio in enumerate(speech) if not is_speech(audio)}
+        for i in sorted(silent):
+            sentence = job.speeches[i].sentence.raw
+            logging.warning(f"{voice.spec} produced no speech for {sentence!r}: skipped")
     for variant in job.variants:
         spk = job.speaker.speaker_id
         chap_dir = out_dir / variant.part / str(spk) / str(variant.chapter)
@@ -470,8 +483,10 @@ def run_chapter(job: ChapterJob, out_dir: Path) -> list[dict]:
         lines = []
         for i, (spoken, post) in enumerate(zip(job.speeches, variant.posts)):
             uid = utt_id(job.speaker, variant.chapter, i)
-            lines.append(f"{uid} {spoken.sentence.text}\n")
             path = chap_dir / f"{uid}.flac"
+            if i in silent or (variant not in todo and not path.exists()):
+                continue
+            lines.append(f"{uid} {spoken.sentence.text}\n")
             if variant in todo:
                 chap_dir.mkdir(parents=True, exist_ok=True)
                 audio = post_process(speech[i], spoken, post, _TALKERS)
