@@ -582,12 +582,12 @@ def ensure_engines(voices: Sequence[Voice]) -> None:
     if os.geteuid() == 0 and shutil.which("apt-get"):
         logging.info(f"installing Debian packages: {' '.join(missing)}")
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
-            check=True,
-            env=env,
-        )
+        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+        try:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            subprocess.run(install, check=True, env=env)
+        except subprocess.CalledProcessError as e:
+            logging.error(f"{' '.join(e.cmd)} failed with status {e.returncode}")
         missing = missing_debian_packages(voices)
         if not missing:
             return
@@ -829,7 +829,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         num_test=args.num_test,
         max_words=args.max_words,
     )
-    summary = generate_corpus(args.output_dir, args.text_cache, config, args.nj)
+    try:
+        summary = generate_corpus(args.output_dir, args.text_cache, config, args.nj)
+    except RuntimeError as e:
+        logging.error(str(e))
+        raise SystemExit(1) from e
     for part in PARTS:
         logging.info(f"{part}: {summary[part]}")
 
