@@ -243,3 +243,50 @@ def test_unreadable_audio_gives_a_clear_error(toy, tmp_path):
     with pytest.raises(RuntimeError, match="cannot read audio file"):
         run_sherpa_onnx(toy["encoder"], toy["decoder"], toy["joiner"], toy["tokens"],
                         wav_files=[bad])  # fmt: skip
+
+
+def test_zipformer2_state_specs_follow_the_contract():
+    from icefall.export.sherpa_contract import zipformer2_state_specs
+
+    meta = {
+        "encoder_dims": "192,256", "query_head_dims": "32,32", "value_head_dims": "12,12",
+        "num_heads": "4,8", "num_encoder_layers": "2,1", "cnn_module_kernels": "31,15",
+        "left_context_len": "128,64",
+    }  # fmt: skip
+    specs, problems = zipformer2_state_specs(meta)
+    assert problems == []
+    assert len(specs) == 6 * 3 + 2
+    shapes = {s.name: (s.shape, s.batch_axis) for s in specs}
+    assert shapes["cached_key_0"] == ([128, -1, 128], 1)
+    assert shapes["cached_nonlin_attn_2"] == ([1, -1, 64, 192], 1)
+    assert shapes["cached_val1_2"] == ([64, -1, 96], 1)
+    assert shapes["cached_conv2_2"] == ([-1, 256, 7], 0)
+    assert shapes["embed_states"] == ([-1, 128, 3, 19], 0)
+    assert shapes["processed_lens"] == ([-1], 0)
+    _, problems = zipformer2_state_specs({**meta, "num_encoder_layers": "0,0"})
+    assert problems and "at least one encoder layer" in problems[0]
+
+
+class ToyOfflineEncoder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(80, JOINER_DIM)
+
+    def forward(self, x: torch.Tensor, x_lens: torch.Tensor):
+        return self.linear(x[:, ::4]), torch.div(x_lens + 3, 4, rounding_mode="floor")
+
+
+def test_offline_encoder_checks(toy, tmp_path):
+    encoder = tmp_path / "offline_encoder.onnx"
+    torch.onnx.export(
+        ToyOfflineEncoder(), (torch.rand(1, 100, 80), torch.tensor([100])), str(encoder),
+        input_names=["x", "x_lens"], output_names=["encoder_out", "encoder_out_lens"],
+        dynamic_axes={"x": {0: "N", 1: "T"}, "x_lens": {0: "N"},
+                      "encoder_out": {0: "N", 1: "T"}, "encoder_out_lens": {0: "N"}},
+        opset_version=13, dynamo=False,
+    )  # fmt: skip
+    paths = {**toy, "encoder": encoder}
+    problems = _check(paths, streaming=False)
+    assert any("model_type" in p for p in problems), problems
+    add_meta_data(encoder, {"model_type": "zipformer2"})
+    assert _check(paths, streaming=False) == []
