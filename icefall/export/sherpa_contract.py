@@ -179,6 +179,9 @@ def zipformer_v1_state_specs(
 ) -> Tuple[List[StateSpec], List[str]]:
     """The 7n encoder states sherpa-onnx builds for ``model_type=zipformer`` from the metadata.
 
+    ``feature_dim`` is unused (no v1 state depends on it); it keeps the signature of
+    :func:`zipformer2_state_specs`.
+
     Returns:
       (states in input order with batch size shown as -1, problems found in the metadata).
     """
