@@ -187,11 +187,19 @@ def evaluate_set(
     if params.max_utterances > 0:
         cuts = cuts.subset(first=params.max_utterances)
     cuts = cuts.to_eager()
-    utterances = []
+    utterances, unreadable = [], 0
     for cut in cuts:
-        audio = cut.load_audio().mean(axis=0)
+        try:
+            audio = cut.load_audio().mean(axis=0)
+        except Exception as e:  # lhotse raises AudioLoadingError and OS errors
+            logging.warning(f"skipping cut {cut.id}: its audio cannot be read ({e})")
+            unreadable += 1
+            continue
         text = " ".join(s.text or "" for s in cut.supervisions)
         utterances.append((cut.id, audio, int(cut.sampling_rate), text.split()))
+    if not utterances:
+        raise RuntimeError(f"no cut of {cuts_file} has readable audio ({unreadable} tried)")
+    cuts = cuts.subset(cut_ids=[u[0] for u in utterances])
     audio_seconds = sum(len(a) / r for _, a, r, _ in utterances)
     refs = {cut_id: words for cut_id, _, _, words in utterances}
     symbol_to_id = {s.replace("\u2581", " "): i for i, s in id_to_symbol.items()}
@@ -234,6 +242,7 @@ def evaluate_set(
     return {
         "cuts": str(cuts_file),
         "num_utterances": len(order),
+        "num_skipped_unreadable_audio": unreadable,
         "audio_seconds": audio_seconds,
         "sherpa_onnx": summary(float_ids, float_seconds),
         "sherpa_onnx_int8": summary(int8_ids, int8_seconds),
