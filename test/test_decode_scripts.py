@@ -269,3 +269,61 @@ def test_decode_LG_outputs_arpa_words(tiny_ci_dir, tiny_exp, tmp_path):
         if "\thyp=" in line:
             hyp = eval(line.split("\thyp=")[1])  # a Python list literal
             assert set(hyp) <= set(words)
+
+
+class FakeBpe:
+    """Stands in for sentencepiece: token id i <-> word 'Ti'."""
+
+    def decode(self, ids):
+        return " ".join(f"T{i}" for i in ids)
+
+    def encode(self, texts):
+        return [[int(w[1:]) for w in text.split()] for text in texts]
+
+
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("greedy_search", {"max_sym_per_frame": 1}),
+        ("greedy_search", {"max_sym_per_frame": 2}),
+        ("beam_search", {}),
+        ("modified_beam_search", {}),
+        ("fast_beam_search", {}),
+        ("fast_beam_search_nbest", {}),
+        ("fast_beam_search_nbest_oracle", {}),
+    ],
+)
+def test_decode_one_batch_every_method(model_and_features, method, extra):
+    import decode
+
+    model, features = model_and_features
+    feats = list(features.values())[:3]
+    batch = {
+        "inputs": torch.nn.utils.rnn.pad_sequence(feats, batch_first=True, padding_value=LOG_EPS),
+        "supervisions": {
+            "num_frames": torch.tensor([f.size(0) for f in feats]),
+            "text": ["T1 T2", "T3", "T4 T5 T6"],
+        },
+    }
+    params = AttributeDict(
+        decoding_method=method,
+        beam_size=3,
+        beam=8.0,
+        max_contexts=4,
+        max_states=16,
+        num_paths=10,
+        nbest_scale=0.5,
+        max_sym_per_frame=1,
+    )
+    params.update(extra)
+    graph = trivial_graph(49) if "fast" in method else None
+    with torch.no_grad():
+        hyps = decode.decode_one_batch(params, model, FakeBpe(), batch, None, graph)
+    assert list(hyps) == [decode.result_key(params)]
+    (words,) = hyps.values()
+    assert len(words) == 3
+    assert all(w.startswith("T") and 0 < int(w[1:]) < 50 for hyp in words for w in hyp)
+    if method == "greedy_search" and extra["max_sym_per_frame"] == 1:
+        enc, enc_lens = decode.encode_batch(model, batch)
+        tokens = greedy_search_batch(model, enc, enc_lens)
+        assert words == [[f"T{t}" for t in hyp] for hyp in tokens]
