@@ -120,7 +120,10 @@ def add_decoding_arguments(parser: argparse.ArgumentParser, epoch: int, avg: int
         help="Word n-gram LM (ARPA) compiled into LG when <lang-dir>/LG.pt does not exist.",
     )
     parser.add_argument(
-        "--decoding-method", type=str, default="greedy_search", help="The search to use."
+        "--decoding-method",
+        type=str,
+        default="greedy_search",
+        help="The search to use (the list is in the usage above).",
     )
     parser.add_argument("--beam", type=float, default=20.0, help="fast_beam_search beam.")
     parser.add_argument(
