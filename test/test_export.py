@@ -309,3 +309,41 @@ def test_deploy_benchmark_compares_sherpa_and_pytorch(work):
         assert result[decoder]["rtf"] > 0 and result[decoder]["wer"] >= 0
     assert report["rtf_ratio_pytorch_over_sherpa"] > 0
     assert report["pytorch_model"].endswith("(eager)")
+
+
+def _constant_linear(value: float) -> torch.nn.Module:
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(value)
+    return model
+
+
+def test_checkpoint_selection_flags(tmp_path):
+    """--epoch/--iter/--avg/--use-averaged-model select and average checkpoints as icefall."""
+    from icefall.checkpoint import save_checkpoint_with_global_batch_idx
+    from icefall.export.model_loading import load_model_weights
+
+    for k in (1, 2, 3):
+        params = {"batch_idx_train": 10 * k, "average_period": 10}
+        running_mean = _constant_linear(sum(range(1, k + 1)) / k)
+        save_checkpoint(tmp_path / f"epoch-{k}.pt", _constant_linear(k), running_mean, params)
+        save_checkpoint_with_global_batch_idx(
+            tmp_path, 10 * k, _constant_linear(10 * k), running_mean, params
+        )
+
+    def loaded(**flags) -> float:
+        model = _constant_linear(0.0)
+        load_model_weights(model, tmp_path, **flags)
+        return model.weight[0, 0].item()
+
+    assert loaded(epoch=3, avg=1) == 3.0
+    assert loaded(epoch=3, avg=2) == 2.5
+    assert loaded(epoch=3, avg=2, use_averaged_model=True) == pytest.approx(2.5)
+    assert loaded(epoch=3, avg=1, use_averaged_model=True) == pytest.approx(3.0)
+    assert loaded(epoch=0, iteration=30, avg=2) == 25.0
+    assert loaded(epoch=0, iteration=20, avg=1, use_averaged_model=True) == pytest.approx(2.0)
+    with pytest.raises(FileNotFoundError, match="epoch-5.pt"):
+        loaded(epoch=5, avg=1)
+    with pytest.raises(ValueError, match="--avg < --epoch"):
+        loaded(epoch=3, avg=3, use_averaged_model=True)
