@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from tqdm import tqdm
 
 from icefall.data.noise import babble, coloured_noise, mix_at_snr, reverberate, rms
 from icefall.data.text_sources import Sentence, load_sentences, sentence_split
@@ -708,8 +709,6 @@ def generate_corpus(
     talkers = make_babble_talkers(train_sentences, config.seed)
     jobs = sorted(plan["jobs"], key=lambda j: -len(j.speeches) * _slowness(j.speaker.voice))
     rows: list[dict] = []
-    from tqdm import tqdm
-
     args = [(job, out_dir) for job in jobs]
     with multiprocessing.get_context("fork").Pool(
         max(num_jobs, 1), initializer=_init_worker, initargs=(talkers,)
