@@ -35,6 +35,17 @@ help_message="Usage: $0 [--stage N] [--stop-stage M] [--nj N] [--size default|ci
 
 . shared/parse_options.sh || exit 1
 
+# Use the repository's virtualenv when the python3 on PATH lacks the toolkit.
+repo=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../.." && pwd)
+if ! python3 -c "import icefall" 2>/dev/null; then
+  if [ -x "$repo/.venv/bin/python3" ]; then
+    export PATH="$repo/.venv/bin:$PATH"
+  else
+    echo "$0: python3 cannot import icefall; run tools/install.sh first" >&2
+    exit 1
+  fi
+fi
+
 parts=(train dev test-clean test-other)
 lang_dir=data/lang_bpe_${vocab_size}
 config="size=$size seed=$seed opt_in_voices=$opt_in_voices"
