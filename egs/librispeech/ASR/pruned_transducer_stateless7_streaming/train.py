@@ -914,7 +914,7 @@ def _format_seconds(seconds: float) -> str:
 
 
 def babysit_grad_scaler(
-    scaler: torch.amp.GradScaler, batch_idx: int, tb_writer: Optional[Any], params: AttributeDict
+    scaler: torch.amp.GradScaler, batch_idx: int, tb_writer: Optional[Any] = None
 ) -> float:
     """icefall's fp16 grad-scale care: regrow a small scale, warn, and stop with advice when it
     collapses. Returns the current scale."""
@@ -1080,7 +1080,7 @@ def train_one_epoch(
 
         cur_grad_scale = None
         if params.use_fp16 and batch_idx % 100 == 0:
-            cur_grad_scale = babysit_grad_scaler(scaler, batch_idx, tb_writer, params)
+            cur_grad_scale = babysit_grad_scaler(scaler, batch_idx, tb_writer)
 
         if batch_idx % params.log_interval == 0:
             cur_lr = scheduler.get_last_lr()[0]
