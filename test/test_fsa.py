@@ -163,5 +163,32 @@ def test_witten_bell_arpa_is_normalised_and_compiles(tmp_path):
     write_arpa(model, tmp_path / "lm" / "G.arpa")
     words = make_word_table(["A", "B", "C"])
     lg = compile_LG([("A", [1]), ("B", [2]), ("C", [3, 1])], tmp_path / "lm/G.arpa", words, 4)
-    assert lg.num_arcs > 0 and set(lg.labels.tolist()) <= {1, 2, 3}
+    assert lg.num_arcs > 0 and set(lg.labels.tolist()) <= {0, 1, 2, 3}
     assert set(lg.aux_labels.tolist()) <= {0, words["A"], words["B"], words["C"]}
+    # Backoff arcs stay as epsilon arcs without output labels.
+    assert (lg.labels == 0).any() and (lg.aux_labels[lg.labels == 0] == 0).all()
+
+
+def test_search_tables_follow_epsilon_arcs():
+    arcs = [
+        (0, 1, 0, 0, -1.0),
+        (1, 2, 0, 0, -0.5),
+        (0, 2, 0, 0, -3.0),
+        (1, 3, 5, 7, -0.25),
+        (0, 3, 4, 0, 0.0),
+    ]
+    fsa = Fsa.from_arcs(4, 0, arcs, {2: -0.1, 3: 0.0})
+    tables = fsa.search_tables()
+    begin, end = tables.closure_begin[0].item(), tables.closure_begin[1].item()
+    closure = dict(
+        zip(tables.closure_state[begin:end].tolist(), tables.closure_score[begin:end].tolist())
+    )
+    assert tables.closure_state[begin].item() == 0
+    assert closure == pytest.approx({0: 0.0, 1: -1.0, 2: -1.5})
+    assert tables.final_scores.tolist() == pytest.approx([-1.6, -0.6, -0.1, 0.0])
+    emitting = tables.emit_arcs.tolist()
+    assert sorted(fsa.labels[emitting].tolist()) == [4, 5]
+    assert tables.emit_begin.tolist() == [0, 1, 2, 2, 2]
+    bad = Fsa.from_arcs(2, 0, [(0, 1, 0, 3, 0.0)], {1: 0.0})
+    with pytest.raises(ValueError, match="epsilon arcs with output"):
+        bad.search_tables()

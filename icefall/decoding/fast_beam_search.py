@@ -89,7 +89,7 @@ class FastBeamSearchStream:
         ``allow_partial`` (then every pair counts as final with score 0).
         """
         device = self.graph.device
-        final_scores = self.graph.final_scores[self.graph_states]
+        final_scores = self.graph.search_tables().final_scores[self.graph_states]
         if allow_partial and not bool(torch.isfinite(final_scores).any()):
             final_scores = torch.zeros_like(final_scores)
         keep = torch.isfinite(final_scores)
@@ -128,6 +128,20 @@ def _rank_within_groups(groups: torch.Tensor, scores: torch.Tensor) -> torch.Ten
     ranks = torch.empty_like(order)
     ranks[order] = torch.arange(order.numel(), device=groups.device) - first
     return ranks
+
+
+def _expand_ranges(begin: torch.Tensor, rows: torch.Tensor):
+    """For CSR offsets ``begin`` and selected ``rows``, list every element of those rows.
+
+    Returns:
+      (which, index): ``which[i]`` is the position in ``rows`` of element i and ``index[i]``
+      its index in the CSR data.
+    """
+    counts = begin[rows + 1] - begin[rows]
+    which = torch.repeat_interleave(torch.arange(rows.numel(), device=rows.device), counts)
+    start = torch.cumsum(counts, 0) - counts
+    index = begin[rows][which] + torch.arange(which.numel(), device=rows.device) - start[which]
+    return which, index
 
 
 def _context_codes(contexts: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -190,14 +204,16 @@ def advance_streams(
     )
     log_probs = logits.log_softmax(dim=-1)
 
-    # Candidates: blank keeps the pair; every graph arc emits its label.
+    # Candidates: blank keeps the pair; every emitting arc of every state in the pair's
+    # epsilon closure emits its label (adding the epsilon-path score).
+    tables = graph.search_tables()
     num_pairs = graph_states.numel()
-    arc_counts = graph.arc_begin[graph_states + 1] - graph.arc_begin[graph_states]
-    pair_of_arc = torch.repeat_interleave(torch.arange(num_pairs, device=device), arc_counts)
-    arc_start = torch.cumsum(arc_counts, 0) - arc_counts
-    arc_index = graph.arc_begin[graph_states][pair_of_arc] + (
-        torch.arange(pair_of_arc.numel(), device=device) - arc_start[pair_of_arc]
-    )
+    pair_of_entry, entry = _expand_ranges(tables.closure_begin, graph_states)
+    reached = tables.closure_state[entry]
+    pair_of_arc, emit_index = _expand_ranges(tables.emit_begin, reached)
+    arc_index = tables.emit_arcs[emit_index]
+    entry_of_arc = pair_of_arc
+    pair_of_arc = pair_of_entry[entry_of_arc]
     arc_labels = graph.labels[arc_index]
     all_pairs = torch.arange(num_pairs, device=device)
 
@@ -206,7 +222,8 @@ def advance_streams(
     aux = torch.cat([torch.zeros_like(all_pairs), graph.aux_labels[arc_index]])
     dst_graph = torch.cat([graph_states, graph.dst[arc_index]])
     am = log_probs[ctx_of_pair[src_pair], labels]
-    lm = torch.cat([torch.zeros(num_pairs, device=device), graph.scores[arc_index]])
+    arc_lm = graph.scores[arc_index] + tables.closure_score[entry[entry_of_arc]]
+    lm = torch.cat([torch.zeros(num_pairs, device=device), arc_lm])
     new_contexts = torch.cat(
         [contexts, torch.cat([contexts[pair_of_arc, 1:], arc_labels.unsqueeze(1)], dim=1)]
     )

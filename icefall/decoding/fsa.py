@@ -14,7 +14,7 @@ Graphs for ``fast_beam_search``:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -45,6 +45,7 @@ class Fsa:
     aux_labels: torch.Tensor
     scores: torch.Tensor
     final_scores: torch.Tensor
+    _search_tables: Optional[SearchTables] = field(default=None, repr=False, compare=False)
 
     @property
     def num_states(self) -> int:
@@ -118,10 +119,17 @@ class Fsa:
             final_scores=final_scores.float(),
         )
 
+    def search_tables(self) -> SearchTables:
+        """Epsilon closures and emitting arcs for ``fast_beam_search`` (computed once)."""
+        if self._search_tables is None:
+            self._search_tables = SearchTables.build(self)
+        return self._search_tables
+
     def to(self, device: Union[str, torch.device]) -> Fsa:
         """A copy on ``device``."""
         return replace(
             self,
+            _search_tables=None,
             arc_begin=self.arc_begin.to(device),
             src=self.src.to(device),
             dst=self.dst.to(device),
@@ -136,7 +144,7 @@ class Fsa:
         finals = torch.where(
             torch.isfinite(self.final_scores), self.final_scores * scale, self.final_scores
         )
-        return replace(self, scores=self.scores * scale, final_scores=finals)
+        return replace(self, scores=self.scores * scale, final_scores=finals, _search_tables=None)
 
     def as_dict(self) -> Dict[str, torch.Tensor]:
         """Tensors for ``torch.save`` (read back with :meth:`from_dict`)."""
@@ -170,6 +178,94 @@ class Fsa:
             f"{s} {sc:.4g}" for s, sc in enumerate(self.final_scores.tolist()) if sc != -math.inf
         ]
         return "\n".join([f"start={self.start}"] + lines + finals)
+
+
+@dataclass
+class SearchTables:
+    """What ``fast_beam_search`` needs from a graph with input-epsilon arcs (label 0).
+
+    Epsilon arcs (e.g. n-gram backoff arcs) are not expanded into the graph (which would copy
+    the arcs of the backoff states into every state); the search follows them on the fly:
+    from state s it may emit along the arcs of every state t in the epsilon closure of s,
+    adding the best epsilon-path score s -> t.
+
+    Attributes:
+      closure_begin: (num_states + 1,) int64; closure entries of s are
+        ``closure_begin[s]:closure_begin[s+1]`` (s itself comes first, score 0).
+      closure_state: (C,) int64 states t reachable from s by epsilon arcs.
+      closure_score: (C,) float best epsilon-path score from s to t.
+      emit_begin: (num_states + 1,) int64 CSR over the emitting (label > 0) arcs.
+      emit_arcs: (E,) int64 arc indexes of the emitting arcs, grouped by source state.
+      final_scores: (num_states,) best final score reachable through the closure.
+    """
+
+    closure_begin: torch.Tensor
+    closure_state: torch.Tensor
+    closure_score: torch.Tensor
+    emit_begin: torch.Tensor
+    emit_arcs: torch.Tensor
+    final_scores: torch.Tensor
+
+    @classmethod
+    def build(cls, fsa: Fsa) -> SearchTables:
+        device = fsa.device
+        num_states = fsa.num_states
+        eps = fsa.labels == 0
+        if bool((fsa.aux_labels[eps] != 0).any()):
+            raise ValueError("epsilon arcs with output (aux) labels are not supported")
+        emit = (~eps).nonzero().squeeze(1)
+        emit_counts = torch.bincount(fsa.src[emit], minlength=num_states)
+        emit_begin = torch.zeros(num_states + 1, dtype=torch.int64, device=device)
+        emit_begin[1:] = torch.cumsum(emit_counts, 0)
+
+        # Closure pairs (s, t, score), relaxed along epsilon arcs until nothing improves.
+        states = torch.arange(num_states, device=device)
+        pair_src, pair_dst = states, states
+        pair_score = torch.zeros(num_states, device=device)
+        eps_src, eps_dst, eps_score = fsa.src[eps], fsa.dst[eps], fsa.scores[eps]
+        eps_order = torch.argsort(eps_src, stable=True)
+        eps_src, eps_dst, eps_score = eps_src[eps_order], eps_dst[eps_order], eps_score[eps_order]
+        eps_counts = torch.bincount(eps_src, minlength=num_states)
+        eps_begin = torch.cumsum(eps_counts, 0) - eps_counts
+        frontier = (pair_src, pair_dst, pair_score)
+        for _ in range(num_states):
+            f_src, f_dst, f_score = frontier
+            n = eps_counts[f_dst]
+            if int(n.sum()) == 0:
+                break
+            row = torch.repeat_interleave(torch.arange(f_dst.numel(), device=device), n)
+            start = torch.cumsum(n, 0) - n
+            arc = eps_begin[f_dst][row] + torch.arange(row.numel(), device=device) - start[row]
+            new = (f_src[row], eps_dst[arc], f_score[row] + eps_score[arc])
+            all_src = torch.cat([pair_src, new[0]])
+            all_dst = torch.cat([pair_dst, new[1]])
+            all_score = torch.cat([pair_score, new[2]])
+            keys = all_src * num_states + all_dst
+            unique_keys, inverse = torch.unique(keys, return_inverse=True)
+            best = torch.full((unique_keys.numel(),), float("-inf"), device=device)
+            best = best.scatter_reduce(0, inverse, all_score, reduce="amax")
+            old_best = torch.full_like(best, float("-inf"))
+            old_best[inverse[: pair_src.numel()]] = pair_score
+            improved = best > old_best
+            pair_src, pair_dst, pair_score = (
+                unique_keys // num_states,
+                unique_keys % num_states,
+                best,
+            )
+            frontier = (pair_src[improved], pair_dst[improved], pair_score[improved])
+            if frontier[0].numel() == 0:
+                break
+        # Order each state's closure with the state itself first.
+        order = torch.argsort(pair_src * 2 + (pair_src != pair_dst).long(), stable=True)
+        pair_src, pair_dst, pair_score = pair_src[order], pair_dst[order], pair_score[order]
+        closure_counts = torch.bincount(pair_src, minlength=num_states)
+        closure_begin = torch.zeros(num_states + 1, dtype=torch.int64, device=device)
+        closure_begin[1:] = torch.cumsum(closure_counts, 0)
+        finals = torch.full((num_states,), float("-inf"), device=device)
+        finals = finals.scatter_reduce(
+            0, pair_src, pair_score + fsa.final_scores[pair_dst], reduce="amax"
+        )
+        return cls(closure_begin, pair_dst, pair_score, emit_begin, emit, finals)
 
 
 def trivial_graph(max_token: int, device: Union[str, torch.device] = "cpu") -> Fsa:
@@ -347,9 +443,10 @@ def compile_LG(
 
     Steps (icefall's compile_lg.py with kaldifst instead of k2): G from the ARPA via kaldilm
     (``#0`` on backoff arcs), L with disambiguation symbols, compose; then disambiguation
-    symbols become epsilons, which are removed. The graph is not determinized: determinization
-    would delay word labels onto disambiguation arcs, which a one-aux-label-per-arc FSA cannot
-    keep once they become epsilons. ``fast_beam_search`` does not need a deterministic graph.
+    symbols become epsilon arcs, which stay in the graph (``fast_beam_search`` follows them).
+    The graph is not determinized: determinization would delay word labels onto
+    disambiguation arcs, which a one-aux-label-per-arc FSA cannot keep once they become
+    epsilons. ``fast_beam_search`` does not need a deterministic graph.
 
     Args:
       lexicon: ``(word, token ids)`` pronunciations; token ids in 1..vocab_size-1.
@@ -388,33 +485,17 @@ def compile_LG(
 
 
 def _remove_disambig(lg: Fsa, vocab_size: int, first_word_disambig: int) -> Fsa:
-    """Turn disambiguation labels into epsilons and remove epsilon arcs with kaldifst."""
-    import kaldifst
+    """Turn disambiguation labels into epsilons (label 0 / aux label 0).
 
+    The epsilon arcs are kept: ``fast_beam_search`` follows them on the fly (see
+    :class:`SearchTables`), so the graph does not grow the way epsilon removal would make it
+    (every state would get a copy of its backoff states' arcs).
+    """
     labels = lg.labels.clone()
     aux = lg.aux_labels.clone()
     labels[labels >= vocab_size] = 0
     aux[aux >= first_word_disambig] = 0
-    lines = [
-        f"{s} {d} {i} {o} {-w}"
-        for s, d, i, o, w in zip(
-            lg.src.tolist(), lg.dst.tolist(), labels.tolist(), aux.tolist(), lg.scores.tolist()
-        )
-    ]
-    lines += [f"{s} {-w}" for s, w in enumerate(lg.final_scores.tolist()) if w != -math.inf]
-    if lg.num_arcs > 0:
-        # OpenFst text takes the first line's state as start; put the start state first.
-        first = [ln for ln in lines if int(ln.split()[0]) == lg.start]
-        rest = [ln for ln in lines if int(ln.split()[0]) != lg.start]
-        lines = first + rest
-    fst = kaldifst.compile("\n".join(lines) + "\n", acceptor=False)
-    kaldifst.rmepsilon(fst)
-    kaldifst.connect(fst)
-    kaldifst.arcsort(fst, sort_type="ilabel")
-    out = fsa_from_openfst(fst)
-    if out.num_arcs and int(out.labels.min()) < 1:
-        raise ValueError("LG still has epsilon input labels after epsilon removal")
-    return out
+    return Fsa.from_tensors(lg.start, lg.src, lg.dst, labels, aux, lg.scores, lg.final_scores)
 
 
 def read_lexicon(filename: FilePath) -> List[Tuple[str, List[str]]]:
