@@ -236,3 +236,34 @@ def test_cuda_matches_cpu(peaky_batch):
             model_gpu, trivial_graph(9, "cuda"), enc.cuda(), lens.cuda(), 8.0, 32, 8
         )
     assert cpu == gpu
+
+
+def segmentations(tokens, lexicon):
+    """Every way to spell ``tokens`` as a sequence of lexicon words."""
+    if not tokens:
+        return [[]]
+    out = []
+    for word, spelling in lexicon:
+        if list(tokens[: len(spelling)]) == spelling:
+            out += [[word] + rest for rest in segmentations(tokens[len(spelling) :], lexicon)]
+    return out
+
+
+def test_token_LG_scores_best_word_segmentation(tmp_path):
+    arpa = tmp_path / "G.arpa"
+    arpa.write_text(ARPA.lstrip())
+    words = make_word_table(w for w, _ in LEXICON)
+    token_lg = compile_LG(LEXICON, arpa, words, vocab_size=6, word_labels=False)
+    assert torch.equal(token_lg.labels, token_lg.aux_labels)
+    torch.manual_seed(4)
+    model = ToyTransducer(vocab_size=6, sharpness=3.0, seed=4)
+    enc = torch.randn(3, 8, 16) * 2
+    lens = torch.tensor([8, 6, 8])
+    with torch.no_grad():
+        lattices = fast_beam_search(model, token_lg, enc, lens, **WIDE)
+    for lattice in lattices:
+        path = lattice.best_path()
+        segs = segmentations(path.tokens, LEXICON)
+        assert segs, f"{path.tokens} is not a sequence of lexicon words"
+        best_lm = max(arpa_log_prob(seg) for seg in segs)
+        assert path.lm_score == pytest.approx(best_lm, abs=1e-4)

@@ -438,6 +438,7 @@ def compile_LG(
     word_table: Dict[str, int],
     vocab_size: int,
     max_order: int = -1,
+    word_labels: bool = True,
 ) -> Fsa:
     """Compile LG for ``fast_beam_search``: labels = token ids, aux labels = word ids.
 
@@ -454,6 +455,11 @@ def compile_LG(
       word_table: words.txt mapping (see :func:`make_word_table`); must contain ``#0``.
       vocab_size: number of tokens (disambiguation ids start at ``vocab_size``).
       max_order: highest n-gram order of the ARPA to use (-1 = all).
+      word_labels: keep word ids as aux labels (graph not determinized: from the unigram
+        state every word is its own arc, which makes the search slow for large vocabularies).
+        With False, LG is projected on the tokens, determinized and minimized (each state has
+        at most one arc per token) and aux labels equal the labels; use it when the words can
+        be read back from the tokens (BPE lexicons: ``sp.decode``).
     Returns:
       The LG graph with log-domain scores (LM log-probs, natural log).
     """
@@ -481,7 +487,40 @@ def compile_LG(
     LG = kaldifst.compose(L, G)
     kaldifst.connect(LG)
     lg = fsa_from_openfst(LG)
-    return _remove_disambig(lg, vocab_size, word_table["#0"])
+    if word_labels:
+        return _remove_disambig(lg, vocab_size, word_table["#0"])
+    token_lg = _determinized_token_acceptor(lg)
+    tokens = token_lg.labels.clone()
+    tokens[tokens >= vocab_size] = 0
+    return Fsa.from_tensors(
+        token_lg.start,
+        token_lg.src,
+        token_lg.dst,
+        tokens,
+        tokens.clone(),
+        token_lg.scores,
+        token_lg.final_scores,
+    )
+
+
+def _determinized_token_acceptor(lg: Fsa) -> Fsa:
+    """Project on the input labels, determinize and minimize (tropical) with kaldifst."""
+    import kaldifst
+
+    lines = [
+        f"{s} {d} {i} {i} {-w}"
+        for s, d, i, w in zip(
+            lg.src.tolist(), lg.dst.tolist(), lg.labels.tolist(), lg.scores.tolist()
+        )
+    ]
+    lines += [f"{s} {-w}" for s, w in enumerate(lg.final_scores.tolist()) if w != -math.inf]
+    # OpenFst text takes the first line's state as the start state.
+    lines.sort(key=lambda line: int(line.split(maxsplit=1)[0]) != lg.start)
+    fst = kaldifst.compile("\n".join(lines) + "\n", acceptor=False)
+    det = kaldifst.determinize(fst)
+    kaldifst.minimize(det)
+    kaldifst.arcsort(det, sort_type="ilabel")
+    return fsa_from_openfst(det)
 
 
 def _remove_disambig(lg: Fsa, vocab_size: int, first_word_disambig: int) -> Fsa:
@@ -542,12 +581,14 @@ def arpa_words(arpa_file: FilePath) -> List[str]:
 
 def load_or_compile_LG(
     lang_dir: FilePath, arpa_file: FilePath, sp, vocab_size: int
-) -> Tuple[Fsa, Dict[str, int]]:
-    """LG for ``fast_beam_search_nbest_LG`` and its word table.
+) -> Tuple[Fsa, Optional[Dict[str, int]]]:
+    """LG for ``fast_beam_search_nbest_LG`` and its word table (None: the aux labels are
+    tokens, read words with ``sp.decode``).
 
-    Uses ``lang_dir/LG.pt`` with ``lang_dir/words.txt`` when both exist. Otherwise compiles LG
-    from ``arpa_file``: pronunciations come from ``lang_dir/lexicon.txt`` (BPE pieces, mapped
-    with ``sp``) if present, else every ARPA word is spelled with ``sp.encode``.
+    Uses ``lang_dir/LG.pt`` with ``lang_dir/words.txt`` when both exist (word ids as aux
+    labels). Otherwise compiles a determinized token LG from ``arpa_file``: pronunciations come
+    from ``lang_dir/lexicon.txt`` (BPE pieces, mapped with ``sp``) if present, else every ARPA
+    word is spelled with ``sp.encode``.
     """
     lang_dir = Path(lang_dir)
     if (lang_dir / "LG.pt").is_file() and (lang_dir / "words.txt").is_file():
@@ -569,4 +610,4 @@ def load_or_compile_LG(
         lexicon = lexicon_from_bpe(arpa_words(arpa_file), sp)
     lexicon = [(w, toks) for w, toks in lexicon if toks and min(toks) > 0]
     words = make_word_table(w for w, _ in lexicon)
-    return compile_LG(lexicon, arpa_file, words, vocab_size), words
+    return compile_LG(lexicon, arpa_file, words, vocab_size, word_labels=False), None

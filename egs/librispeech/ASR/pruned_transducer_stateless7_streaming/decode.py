@@ -309,10 +309,12 @@ def search_batch(
             ref_texts=sp.encode(list(ref_texts)),
         )
     elif method == "fast_beam_search_nbest_LG":
-        word_ids = fast_beam_search_nbest_LG(
+        outputs = fast_beam_search_nbest_LG(
             model, decoding_graph, encoder_out, encoder_out_lens, **fast, **nbest
         )
-        return {result_key(params): [[word_table[i] for i in hyp] for hyp in word_ids]}
+        if word_table is None:  # a token LG: its outputs are token ids
+            return {result_key(params): [sp.decode(hyp).split() for hyp in outputs]}
+        return {result_key(params): [[word_table[i] for i in hyp] for hyp in outputs]}
     else:
         raise ValueError(f"unsupported decoding method {method!r}")
     return {result_key(params): [sp.decode(hyp).split() for hyp in hyp_tokens]}
@@ -393,15 +395,16 @@ def save_results(
 def get_decoding_graph(
     params: AttributeDict, sp: spm.SentencePieceProcessor, device: torch.device
 ) -> Tuple[Optional[Fsa], Optional[Dict[int, str]]]:
-    """The trivial graph, or LG (scores × ``--ngram-lm-scale``) with its id -> word table."""
+    """The trivial graph, or LG (scores × ``--ngram-lm-scale``) with its id -> word table
+    (None when the LG outputs tokens)."""
     method = params.decoding_method
     if "fast_beam_search" not in method:
         return None, None
     if method != "fast_beam_search_nbest_LG":
         return trivial_graph(params.vocab_size - 1, device=device), None
     lg, words = load_or_compile_LG(params.lang_dir, params.lm_arpa, sp, params.vocab_size)
-    logging.info(f"LG: {lg.num_states} states, {lg.num_arcs} arcs, {len(words)} words")
-    word_table = {i: w for w, i in words.items()}
+    logging.info(f"LG: {lg.num_states} states, {lg.num_arcs} arcs")
+    word_table = None if words is None else {i: w for w, i in words.items()}
     return lg.scaled(params.ngram_lm_scale).to(device), word_table
 
 
