@@ -58,6 +58,12 @@ def get_args() -> argparse.Namespace:
     parser.add_argument("--max-utterances", type=int, default=50)
     parser.add_argument("--max-duration", type=float, default=100.0, help="seconds per batch")
     parser.add_argument("--methods", type=str, default=",".join(METHODS))
+    parser.add_argument(
+        "--lm-arpa",
+        type=Path,
+        default=None,
+        help="word ARPA LM; when given, fast_beam_search_nbest_LG is measured too",
+    )
     parser.add_argument("--streaming-methods", type=str, default=",".join(STREAMING_METHODS))
     parser.add_argument("--num-decode-streams", type=int, default=16)
     parser.add_argument("--num-threads", type=int, default=1)
@@ -76,6 +82,8 @@ def load_params_and_model(args: argparse.Namespace, device: torch.device):
     argv = ["--corpus", args.corpus, "--exp-dir", args.exp_dir]
     argv += ["--epoch", str(args.epoch), "--iter", str(args.iter), "--avg", str(args.avg)]
     argv += ["--use-averaged-model", str(args.use_averaged_model)]
+    if args.lm_arpa is not None:
+        argv += ["--lm-arpa", str(args.lm_arpa.resolve()), "--ngram-lm-scale", "0.3"]
     train.apply_corpus_defaults(parser, argv)
     params = train.get_params()
     params.update(vars(parser.parse_args(argv)))
@@ -124,6 +132,8 @@ def make_batch(cuts, device: torch.device) -> dict:
 @torch.no_grad()
 def main() -> None:
     args = get_args()
+    if args.lm_arpa is not None:
+        args.lm_arpa = args.lm_arpa.resolve()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.num_threads)
     device = torch.device(args.device)
@@ -146,7 +156,10 @@ def main() -> None:
     encoder_seconds = time.perf_counter() - start
 
     methods = {}
-    for method in filter(None, args.methods.split(",")):
+    method_names = list(filter(None, args.methods.split(",")))
+    if args.lm_arpa is not None:
+        method_names.append("fast_beam_search_nbest_LG")
+    for method in method_names:
         params.decoding_method = method
         graph, word_table = decode.get_decoding_graph(params, sp, device)
         start = time.perf_counter()
