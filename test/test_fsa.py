@@ -192,3 +192,36 @@ def test_search_tables_follow_epsilon_arcs():
     bad = Fsa.from_arcs(2, 0, [(0, 1, 0, 3, 0.0)], {1: 0.0})
     with pytest.raises(ValueError, match="epsilon arcs with output"):
         bad.search_tables()
+
+
+class FakeSp:
+    """sentencepiece stand-in: one token per letter (A=1, B=2, C=3)."""
+
+    def encode(self, word, out_type=int):
+        return [ord(ch) - ord("A") + 1 for ch in word]
+
+    def piece_to_id(self, piece):
+        return ord(piece) - ord("A") + 1
+
+
+def test_load_or_compile_LG(tmp_path):
+    from icefall.decoding.fsa import load_or_compile_LG, write_symbol_table
+
+    arpa = tmp_path / "G.arpa"
+    arpa.write_text(UNIGRAM_ARPA.replace(" YZ", " BC"))
+    with pytest.raises(FileNotFoundError, match="ARPA"):
+        load_or_compile_LG(tmp_path, tmp_path / "missing.arpa", FakeSp(), 25)
+    token_lg, words = load_or_compile_LG(tmp_path, arpa, FakeSp(), 25)
+    assert words is None and torch.equal(token_lg.labels, token_lg.aux_labels)
+    assert {2, 24} <= set(token_lg.labels.tolist()) <= {0, 2, 3, 24}  # X = 24, B, C
+    save_fsa(token_lg, tmp_path / "LG.pt")
+    again, words = load_or_compile_LG(tmp_path, tmp_path / "missing.arpa", FakeSp(), 25)
+    assert words is None and again.num_arcs == token_lg.num_arcs
+    table = make_word_table(["X", "BC"])
+    word_lg = compile_LG([("X", [24]), ("BC", [2, 3])], arpa, table, vocab_size=25)
+    save_fsa(word_lg, tmp_path / "LG.pt")
+    with pytest.raises(FileNotFoundError, match="words.txt"):
+        load_or_compile_LG(tmp_path, arpa, FakeSp(), 25)
+    write_symbol_table(table, tmp_path / "words.txt")
+    _, words = load_or_compile_LG(tmp_path, arpa, FakeSp(), 25)
+    assert words == table

@@ -585,22 +585,38 @@ def load_or_compile_LG(
     """LG for ``fast_beam_search_nbest_LG`` and its word table (None: the aux labels are
     tokens, read words with ``sp.decode``).
 
-    Uses ``lang_dir/LG.pt`` with ``lang_dir/words.txt`` when both exist (word ids as aux
-    labels). Otherwise compiles a determinized token LG from ``arpa_file``: pronunciations come
-    from ``lang_dir/lexicon.txt`` (BPE pieces, mapped with ``sp``) if present, else every ARPA
-    word is spelled with ``sp.encode``.
+    Uses ``lang_dir/LG.pt`` when it exists (written by ``python -m icefall.decoding.fsa``; a
+    word-labelled LG also needs ``lang_dir/words.txt``). Otherwise compiles a determinized token
+    LG from ``arpa_file`` (see :func:`compile_LG_for_lang_dir`).
     """
     lang_dir = Path(lang_dir)
-    if (lang_dir / "LG.pt").is_file() and (lang_dir / "words.txt").is_file():
-        return load_fsa(lang_dir / "LG.pt"), read_symbol_table(lang_dir / "words.txt")
+    if (lang_dir / "LG.pt").is_file():
+        lg = load_fsa(lang_dir / "LG.pt")
+        if torch.equal(lg.labels, lg.aux_labels):
+            return lg, None
+        if not (lang_dir / "words.txt").is_file():
+            raise FileNotFoundError(f"{lang_dir}/LG.pt has word labels but words.txt is missing")
+        return lg, read_symbol_table(lang_dir / "words.txt")
     if not Path(arpa_file).is_file():
         raise FileNotFoundError(
-            f"fast_beam_search_nbest_LG needs {lang_dir}/LG.pt + words.txt, or an ARPA LM to "
-            f"compile it from: {arpa_file} does not exist (set --lm-arpa, or estimate one "
-            f"from transcripts: python -m icefall.decoding.arpa --order 3 --text "
+            f"fast_beam_search_nbest_LG needs {lang_dir}/LG.pt, or an ARPA LM to compile it "
+            f"from: {arpa_file} does not exist (set --lm-arpa, or estimate one from "
+            f"transcripts: python -m icefall.decoding.arpa --order 3 --text "
             f"{lang_dir}/transcript_words.txt --out {arpa_file})"
         )
-    lexicon_file = lang_dir / "lexicon.txt"
+    lg, _ = compile_LG_for_lang_dir(lang_dir, arpa_file, sp, vocab_size, word_labels=False)
+    return lg, None
+
+
+def compile_LG_for_lang_dir(
+    lang_dir: FilePath, arpa_file: FilePath, sp, vocab_size: int, word_labels: bool = False
+) -> Tuple[Fsa, Dict[str, int]]:
+    """Compile LG from an ARPA file for a BPE lang dir.
+
+    Pronunciations come from ``lang_dir/lexicon.txt`` (BPE pieces) if present, else every ARPA
+    word is spelled with ``sp.encode``. Returns the graph and its word table.
+    """
+    lexicon_file = Path(lang_dir) / "lexicon.txt"
     if lexicon_file.is_file():
         lexicon = [
             (word, [sp.piece_to_id(p) for p in pieces])
@@ -610,4 +626,34 @@ def load_or_compile_LG(
         lexicon = lexicon_from_bpe(arpa_words(arpa_file), sp)
     lexicon = [(w, toks) for w, toks in lexicon if toks and min(toks) > 0]
     words = make_word_table(w for w, _ in lexicon)
-    return compile_LG(lexicon, arpa_file, words, vocab_size, word_labels=False), None
+    return compile_LG(lexicon, arpa_file, words, vocab_size, word_labels=word_labels), words
+
+
+def main() -> None:
+    """CLI: compile ``<lang-dir>/LG.pt`` (and words.txt for a word-labelled LG) once."""
+    import argparse
+
+    import sentencepiece as spm
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--lang-dir", type=Path, required=True, help="has bpe.model")
+    parser.add_argument("--arpa", type=Path, required=True, help="word n-gram LM (ARPA)")
+    parser.add_argument(
+        "--word-labels",
+        action="store_true",
+        help="keep word ids as aux labels (slow search for large vocabularies)",
+    )
+    args = parser.parse_args()
+    sp = spm.SentencePieceProcessor()
+    sp.load(str(args.lang_dir / "bpe.model"))
+    lg, words = compile_LG_for_lang_dir(
+        args.lang_dir, args.arpa, sp, sp.get_piece_size(), word_labels=args.word_labels
+    )
+    save_fsa(lg, args.lang_dir / "LG.pt")
+    if args.word_labels:
+        write_symbol_table(words, args.lang_dir / "words.txt")
+    print(f"wrote {args.lang_dir / 'LG.pt'}: {lg.num_states} states, {lg.num_arcs} arcs")
+
+
+if __name__ == "__main__":
+    main()

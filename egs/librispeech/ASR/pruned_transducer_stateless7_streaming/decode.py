@@ -18,9 +18,13 @@ Usage, from ``egs/<corpus>/ASR``::
 
 For every test set writes ``recogs-*``, ``errs-*`` and ``wer-summary-*`` to
 ``exp_dir/<decoding-method>/``; the suffix names the checkpoint (epoch/iter, avg), chunk size
-and search settings. ``fast_beam_search_nbest_LG`` uses ``<lang-dir>/LG.pt`` (+ ``words.txt``)
-if present, else compiles LG from ``--lm-arpa`` (words spelled with the BPE model, or
-``<lang-dir>/lexicon.txt`` when it exists).
+and search settings. ``fast_beam_search_nbest_LG`` uses ``<lang-dir>/LG.pt`` if present
+(``python -m icefall.decoding.fsa --lang-dir <lang-dir> --arpa <lm.arpa>`` writes it once),
+else compiles LG from ``--lm-arpa`` (words spelled with the BPE model, or
+``<lang-dir>/lexicon.txt`` when it exists). A word LM for a small corpus::
+
+  python -m icefall.decoding.arpa --order 3 --text data/lang_bpe_256/transcript_words.txt \
+      --out data/lm/G_3_gram.arpa
 """
 
 import argparse
