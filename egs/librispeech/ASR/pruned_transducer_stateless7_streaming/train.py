@@ -26,6 +26,7 @@ parser (decode/export scripts call it after adding their arguments); explicit fl
 import argparse
 import contextlib
 import copy
+import ctypes
 import logging
 import math
 import os
@@ -888,6 +889,28 @@ def _per_frame(info: MetricsTracker, key: str = "loss") -> float:
 # Training loop helpers
 
 
+# glibc keeps the memory of freed variable-sized activation buffers, so a CPU run's resident
+# memory climbs to several GB; returning it to the OS every few batches keeps it near 1-2 GB
+# for about 1% of the time (every batch: ~20%).
+MALLOC_TRIM_INTERVAL = 10
+
+
+def _load_malloc_trim() -> Optional[Any]:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Return freed heap memory to the operating system (glibc only; a no-op elsewhere)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 class ProgressMeter:
     """Throughput and ETA for the progress line."""
 
@@ -1056,6 +1079,8 @@ def train_one_epoch(
             display_and_save_batch(batch, params=params, sp=sp)
             raise
         progress.update(batch_audio_seconds(batch))
+        if device.type == "cpu" and batch_idx % MALLOC_TRIM_INTERVAL == 0:
+            release_free_memory()
 
         if diagnostics is not None and batch_idx - first_batch_idx >= 5:
             diagnostics.print_diagnostics(model)
