@@ -5,8 +5,10 @@ line ``settings\tWER`` then ``<key>\t<wer>`` rows). Their directory names the me
 
 * ``exp_dir/<method>/`` (``decode.py``, simulated streaming) -> ``<method>``
 * ``exp_dir/streaming/<method>/`` (``streaming_decode.py``) -> ``streaming_<method>``
-* ``exp_dir/sherpa_onnx/<method>/`` and ``exp_dir/sherpa_onnx_int8/<method>/`` (sherpa-onnx)
-  -> ``sherpa_onnx_<method>`` and ``sherpa_onnx_int8_<method>``
+
+sherpa-onnx results come from ``exp_dir/deploy.json`` (written by ``benchmarks/deploy.py``):
+``sherpa_onnx_greedy_search`` and ``sherpa_onnx_int8_greedy_search``, with the real-time factors
+of sherpa-onnx and of our PyTorch streaming decoder measured side by side.
 
 Command line (used by ``egs/tiny/ASR/run.sh``)::
 
@@ -20,7 +22,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -159,20 +161,46 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def read_deploy_report(
+    path: Path, test_sets: List[str]
+) -> Tuple[Dict[str, Dict[str, float]], Dict[str, float]]:
+    """Reads ``benchmarks/deploy.py``'s JSON report.
+
+    Returns:
+      ``(wer, rtf)``: ``wer[test_set]`` holds ``sherpa_onnx_greedy_search`` and
+      ``sherpa_onnx_int8_greedy_search`` (percent); ``rtf`` holds ``sherpa_onnx_greedy_search``
+      and ``streaming_greedy_search`` (our PyTorch streaming decoder on the same audio).
+    """
+    report = json.loads(path.read_text())
+    wer: Dict[str, Dict[str, float]] = {}
+    for cuts_name, result in report["test_sets"].items():
+        test_set = next((t for t in test_sets if cuts_name.endswith("_cuts_" + t)), cuts_name)
+        wer[test_set] = {
+            "sherpa_onnx_greedy_search": result["sherpa_onnx"]["wer"],
+            "sherpa_onnx_int8_greedy_search": result["sherpa_onnx_int8"]["wer"],
+        }
+    rtf = {
+        "sherpa_onnx_greedy_search": report["rtf_sherpa_onnx"],
+        "streaming_greedy_search": report["rtf_pytorch"],
+    }
+    return wer, rtf
+
+
 def summarize(exp_dir: Path, test_sets: List[str]) -> dict:
     """Builds ``summary.json`` and ``summary.png`` in ``exp_dir`` and returns the summary dict.
 
-    Keys: ``wer[test_set][method]`` (percent), ``rtf[method]`` (from ``deploy.json`` and
-    ``decode_rtf.json`` when present), ``num_params``, ``stage_seconds[stage]``.
+    Keys: ``wer[test_set][method]`` (percent), ``rtf[method]`` (from ``deploy.json`` when
+    present), ``num_params``, ``stage_seconds[stage]``.
     """
+    wer = collect_wers(exp_dir, test_sets)
     rtf: Dict[str, float] = {}
-    for name in ("decode_rtf.json", "deploy.json"):
-        path = exp_dir / name
-        if path.is_file():
-            rtf.update(json.loads(path.read_text()).get("rtf", {}))
+    if (exp_dir / "deploy.json").is_file():
+        deploy_wer, rtf = read_deploy_report(exp_dir / "deploy.json", test_sets)
+        for test_set, per_method in deploy_wer.items():
+            wer.setdefault(test_set, {}).update(per_method)
     timings_file = exp_dir / "stage_seconds.json"
     summary = {
-        "wer": collect_wers(exp_dir, test_sets),
+        "wer": wer,
         "rtf": rtf,
         "num_params": count_parameters(exp_dir / "pretrained.pt"),
         "stage_seconds": json.loads(timings_file.read_text()) if timings_file.is_file() else {},

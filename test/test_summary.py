@@ -71,7 +71,17 @@ def test_count_parameters_skips_integer_buffers(tmp_path: Path) -> None:
 
 def test_summarize_writes_json_and_png(tmp_path: Path) -> None:
     write_wer(tmp_path / "greedy_search/wer-summary-test-clean-greedy_search.txt", 5.5)
-    (tmp_path / "deploy.json").write_text(json.dumps({"rtf": {"sherpa_onnx_greedy_search": 0.02}}))
+    deploy = {
+        "test_sets": {
+            "tiny_cuts_test-clean": {
+                "sherpa_onnx": {"wer": 5.25, "rtf": 0.02},
+                "sherpa_onnx_int8": {"wer": 6.0, "rtf": 0.015},
+            }
+        },
+        "rtf_sherpa_onnx": 0.02,
+        "rtf_pytorch": 0.05,
+    }
+    (tmp_path / "deploy.json").write_text(json.dumps(deploy))
     record_time(tmp_path / "stage_seconds.json", "train", 100)
     torch.save({"model": {"w": torch.zeros(10)}}, tmp_path / "pretrained.pt")
 
@@ -79,7 +89,9 @@ def test_summarize_writes_json_and_png(tmp_path: Path) -> None:
 
     assert json.loads((tmp_path / "summary.json").read_text()) == summary
     assert summary["wer"]["test-clean"]["greedy_search"] == 5.5
-    assert summary["rtf"] == {"sherpa_onnx_greedy_search": 0.02}
+    assert summary["wer"]["test-clean"]["sherpa_onnx_greedy_search"] == 5.25
+    assert summary["wer"]["test-clean"]["sherpa_onnx_int8_greedy_search"] == 6.0
+    assert summary["rtf"] == {"sherpa_onnx_greedy_search": 0.02, "streaming_greedy_search": 0.05}
     assert summary["num_params"] == 10
     assert (tmp_path / "summary.png").read_bytes()[:4] == b"\x89PNG"
     table = format_table(summary)

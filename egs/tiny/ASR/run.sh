@@ -16,8 +16,10 @@
 #   6  summary: table on stdout, $exp_dir/summary.json and $exp_dir/summary.png
 set -euo pipefail
 
+# The directory run.sh was called from (may be a copy holding symlinks, as in the tests) and the
+# repository it belongs to.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-repo=$(cd "$here/../../.." && pwd)
+repo=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/../../.." && pwd)
 cd "$here"
 
 stage=0
