@@ -1024,7 +1024,7 @@ def train_one_epoch(
     world_size: int = 1,
     rank: int = 0,
     rng_states: Optional[Dict[str, Any]] = None,
-) -> None:
+) -> Optional[MetricsTracker]:
     """Train for one epoch (``params.cur_epoch``).
 
     Per batch: forward under autocast, skip (and count) the batch if its loss is not finite on
@@ -1035,6 +1035,8 @@ def train_one_epoch(
     Args:
       train_dl: the training loader (any iterable of batches; its ``sampler`` is saved if any).
       rng_states: generator states to restore once the loader iterator exists (resumption).
+    Returns:
+      The validation result when the epoch's last batch was followed by a validation, else None.
     """
     model.train()
     device = _model_device(model)
@@ -1049,6 +1051,7 @@ def train_one_epoch(
         set_rng_states(rng_states, train_dl)
 
     batch_idx = first_batch_idx - 1
+    valid_info: Optional[MetricsTracker] = None
     for batch_idx, batch in enumerate(batches, start=first_batch_idx):
         params.batch_idx_train += 1
         batch_size = len(batch["supervisions"]["text"])
@@ -1134,8 +1137,9 @@ def train_one_epoch(
                     grad_scale = cur_grad_scale if cur_grad_scale else scaler.get_scale()
                     tb_writer.add_scalar("train/grad_scale", grad_scale, params.batch_idx_train)
 
+        valid_info = None
         if params.batch_idx_train % params.valid_interval == 0:
-            run_validation(params, model, sp, valid_dl, world_size, tb_writer)
+            valid_info = run_validation(params, model, sp, valid_dl, world_size, tb_writer)
             model.train()
 
     params.batches_per_epoch = batch_idx + 1
@@ -1144,6 +1148,7 @@ def train_one_epoch(
         if params.train_loss < params.best_train_loss:
             params.best_train_epoch = params.cur_epoch
             params.best_train_loss = params.train_loss
+    return valid_info
 
 
 def run_validation(
@@ -1374,7 +1379,7 @@ def run(
             tb_writer.add_scalar("train/epoch", epoch, params.batch_idx_train)
         params.cur_epoch = epoch
 
-        train_one_epoch(
+        valid_info = train_one_epoch(
             params=params,
             model=model,
             optimizer=optimizer,
@@ -1393,8 +1398,9 @@ def run(
         if params.print_diagnostics:
             break
 
-        valid_info = run_validation(params, model, sp, valid_dl, world_size, tb_writer)
-        model.train()
+        if valid_info is None:
+            valid_info = run_validation(params, model, sp, valid_dl, world_size, tb_writer)
+            model.train()
         if valid_info["frames"] > 0:
             params.valid_loss = _per_frame(valid_info)
             if params.valid_loss < params.best_valid_loss:
