@@ -147,17 +147,18 @@ def _reduce_dims(ndim: int, channel_dim: int) -> Tuple[int, ...]:
 
 
 def _compute_sign_factor(
-    x: Tensor,
+    x_positive: Tensor,
     channel_dim: int,
     min_positive: float,
     max_positive: float,
     gain_factor: float,
     max_factor: float,
 ) -> Tensor:
-    """Per-channel factor (C,) pushing the proportion of positive values into
-    [min_positive, max_positive]: positive when too few are positive, negative when too many."""
+    """Per-channel factor (C,) pushing the proportion of positive values (``x_positive`` is
+    ``x > 0``) into [min_positive, max_positive]: positive when too few are positive, negative
+    when too many."""
     proportion_positive = torch.mean(
-        (x > 0).to(torch.float32), dim=_reduce_dims(x.ndim, channel_dim)
+        x_positive.to(torch.float32), dim=_reduce_dims(x_positive.ndim, channel_dim)
     )
     factor = torch.zeros_like(proportion_positive)
     if min_positive != 0.0:
@@ -190,36 +191,40 @@ def _compute_scale_factor(
 
 class ActivationBalancerFunction(torch.autograd.Function):
     """Identity in forward; backward returns ``g - |g| * (sign_factor + scale_factor *
-    (1[x > 0] - 0.5))`` with the per-channel factors broadcast along ``channel_dim``."""
+    (1[x > 0] - 0.5))`` with the per-channel factors broadcast along ``channel_dim``.
+
+    ``x_positive`` is ``x > 0`` (computed once by the caller, which also needs it for the
+    sign factor). Backward selects one of two per-channel factors with ``where`` and applies
+    them with one ``addcmul``, so it makes three passes over the gradient.
+    """
 
     @staticmethod
     def forward(
         ctx,
         x: Tensor,
+        x_positive: Tensor,
         scale_factor: Tensor,
         sign_factor: Optional[Tensor],
         channel_dim: int,
     ) -> Tensor:
         if channel_dim < 0:
             channel_dim += x.ndim
-        ctx.channel_dim = channel_dim
-        ctx.has_sign_factor = sign_factor is not None
-        x_positive = x > 0
-        if sign_factor is None:
-            ctx.save_for_backward(x_positive, scale_factor)
-        else:
-            ctx.save_for_backward(x_positive, scale_factor, sign_factor)
+        shape = scale_factor.shape + (1,) * (x.ndim - 1 - channel_dim)
+        base = sign_factor if sign_factor is not None else torch.zeros_like(scale_factor)
+        factor_if_positive = (base + 0.5 * scale_factor).reshape(shape)
+        factor_if_negative = (base - 0.5 * scale_factor).reshape(shape)
+        ctx.save_for_backward(x_positive, factor_if_positive, factor_if_negative)
         return x
 
     @staticmethod
     def backward(ctx, x_grad: Tensor):
-        x_positive, scale_factor, *rest = ctx.saved_tensors
-        trailing = x_grad.ndim - 1 - ctx.channel_dim
-        shape = scale_factor.shape + (1,) * trailing
-        factor = scale_factor.reshape(shape) * (x_positive.to(x_grad.dtype) - 0.5)
-        if ctx.has_sign_factor:
-            factor = factor + rest[0].reshape(shape)
-        return x_grad - x_grad.abs() * factor, None, None, None
+        x_positive, factor_if_positive, factor_if_negative = ctx.saved_tensors
+        factor = torch.where(
+            x_positive,
+            factor_if_positive.to(x_grad.dtype),
+            factor_if_negative.to(x_grad.dtype),
+        )
+        return torch.addcmul(x_grad, x_grad.abs(), factor, value=-1.0), None, None, None, None
 
 
 class ActivationBalancer(nn.Module):
@@ -283,10 +288,11 @@ class ActivationBalancer(nn.Module):
             return _no_op(x)
         channel_dim = self.channel_dim if self.channel_dim >= 0 else self.channel_dim + x.ndim
         x_detached = x.detach()
+        x_positive = x_detached > 0
         sign_factor = None
         if self.min_positive != 0.0 or self.max_positive != 1.0:
             sign_factor = _compute_sign_factor(
-                x_detached,
+                x_positive,
                 channel_dim,
                 self.min_positive,
                 self.max_positive,
@@ -301,7 +307,9 @@ class ActivationBalancer(nn.Module):
             gain_factor=self.scale_gain_factor / prob,
             max_factor=self.max_factor,
         )
-        return ActivationBalancerFunction.apply(x, scale_factor, sign_factor, channel_dim)
+        return ActivationBalancerFunction.apply(
+            x, x_positive, scale_factor, sign_factor, channel_dim
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,11 +468,13 @@ _DERIV_CEIL = 1.2  # just above its max
 
 
 class DoubleSwishFunction(torch.autograd.Function):
-    """``x * sigmoid(x - 1)``, saving only an 8-bit stochastically rounded derivative.
+    """``x * sigmoid(x - 1)``; on CUDA saving only an 8-bit stochastically rounded derivative.
 
-    The derivative ``y * (1 - s) + s`` (s = sigmoid(x - 1)) lies in [_DERIV_FLOOR, _DERIV_CEIL];
-    it is mapped to [0, 255] with uniform noise added before truncation, so the stored value is
-    unbiased.
+    On CUDA (icefall's behaviour, for memory) the derivative ``y * (1 - s) + s``
+    (s = sigmoid(x - 1)) lies in [_DERIV_FLOOR, _DERIV_CEIL]; it is mapped to [0, 255] with
+    uniform noise added before truncation, so the stored value is unbiased. On CPU, where each
+    elementwise pass over a large activation is what costs (8 passes and a random draw for the
+    quantisation), ``s`` and ``x`` are saved and the exact derivative is computed in backward.
     """
 
     @staticmethod
@@ -473,21 +483,29 @@ class DoubleSwishFunction(torch.autograd.Function):
         input_dtype = x.dtype
         if input_dtype == torch.float16:
             x = x.to(torch.float32)
-        s = torch.sigmoid(x - 1.0)
+        s = torch.sigmoid_(x - 1.0)
         y = x * s
-        if requires_grad:
+        ctx.quantized = x.is_cuda
+        if requires_grad and ctx.quantized:
             deriv = y * (1 - s) + s
             scaled = (deriv - _DERIV_FLOOR) * (255.0 / (_DERIV_CEIL - _DERIV_FLOOR))
             ctx.save_for_backward((scaled + torch.rand_like(deriv)).to(torch.uint8))
+        elif requires_grad:
+            ctx.save_for_backward(s, x)
         if input_dtype == torch.float16 or torch.is_autocast_enabled():
             y = y.to(torch.float16)
         return y
 
     @staticmethod
     def backward(ctx, y_grad: Tensor) -> Tensor:
-        (quantized,) = ctx.saved_tensors
-        deriv = quantized * ((_DERIV_CEIL - _DERIV_FLOOR) / 255.0) + _DERIV_FLOOR
-        return y_grad * deriv
+        if ctx.quantized:
+            (quantized,) = ctx.saved_tensors
+            deriv = quantized * ((_DERIV_CEIL - _DERIV_FLOOR) / 255.0) + _DERIV_FLOOR
+            return y_grad * deriv
+        s, x = ctx.saved_tensors
+        # d/dx [x * s] = s * (1 + x * (1 - s)), computed in place on one temporary.
+        deriv = torch.sub(1.0, s).mul_(x).add_(1.0).mul_(s)
+        return deriv.mul_(y_grad)
 
 
 class DoubleSwish(nn.Module):
