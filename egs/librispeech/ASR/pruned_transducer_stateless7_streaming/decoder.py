@@ -68,8 +68,7 @@ class Decoder(nn.Module):
                 embedding_out = F.pad(embedding_out, pad=(self.context_size - 1, 0))
             else:
                 assert embedding_out.size(-1) == self.context_size, (
-                    embedding_out.size(-1),
-                    self.context_size,
+                    "with need_pad=False, y must hold exactly context_size token ids per row"
                 )
             embedding_out = self.conv(embedding_out)
             embedding_out = embedding_out.permute(0, 2, 1)

@@ -43,7 +43,6 @@ from onnx_wrappers import (
 from scaling_converter import convert_scaled_to_non_scaled
 from train import add_model_arguments, apply_corpus_defaults, get_params, get_transducer_model
 
-from icefall.export.jit import eager_branches_while_tracing
 from icefall.export.model_loading import (
     add_checkpoint_arguments,
     add_corpus_argument,
@@ -111,9 +110,8 @@ def export_decoder_model_onnx(
 ) -> None:
     """Exports the decoder so that ``-1`` ids keep giving a zero embedding.
 
-    As in icefall the decoder is scripted first (inside TorchScript ``torch.jit.is_tracing()``
-    is False, so the clamp/mask of ``-1`` stays). If the scripted graph cannot be lowered to
-    ONNX, it is traced instead with the eager branches recorded (same function).
+    As in icefall the decoder is scripted first: inside TorchScript ``torch.jit.is_tracing()``
+    is False, so the clamp/mask of ``-1`` stays in the exported graph.
     """
     context_size = decoder_model.decoder.context_size
     vocab_size = decoder_model.decoder.vocab_size
@@ -126,12 +124,7 @@ def export_decoder_model_onnx(
         dynamic_axes={"y": {0: "N"}, "decoder_out": {0: "N"}},
         dynamo=False,
     )
-    try:
-        torch.onnx.export(torch.jit.script(decoder_model), (y,), str(filename), **kwargs)
-    except RuntimeError as e:
-        logging.warning(f"Scripted decoder does not export ({e}); exporting a trace instead")
-        with eager_branches_while_tracing():
-            torch.onnx.export(decoder_model, (y,), str(filename), **kwargs)
+    torch.onnx.export(torch.jit.script(decoder_model), (y,), str(filename), **kwargs)
     add_meta_data(filename, decoder_meta_data(context_size, vocab_size))
     logging.info(f"Exported decoder to {filename}")
 
