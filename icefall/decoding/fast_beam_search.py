@@ -15,7 +15,7 @@ Everything is batched over utterances with tensor ops, on the device of the inpu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -415,7 +415,7 @@ def fast_beam_search_nbest(
     Returns:
       N token-id lists.
     """
-    lattices = fast_beam_search(
+    sampled = _sample_lattice_paths(
         model,
         decoding_graph,
         encoder_out,
@@ -423,16 +423,14 @@ def fast_beam_search_nbest(
         beam,
         max_states,
         max_contexts,
+        num_paths,
+        nbest_scale,
         temperature,
-        blank_penalty=blank_penalty,
+        blank_penalty,
+        seed,
+        use_aux=False,
     )
-    out = []
-    for lat in lattices:
-        generator = _generator(seed, encoder_out.device)
-        seqs = lat.sample_sequences(num_paths, nbest_scale, use_aux=False, generator=generator)
-        scores = lat.sequence_scores(seqs, use_aux=False)
-        out.append(list(seqs[int(scores.argmax())]) if seqs else [])
-    return out
+    return _highest_scoring(sampled, use_aux=False)
 
 
 def fast_beam_search_nbest_LG(
@@ -454,7 +452,7 @@ def fast_beam_search_nbest_LG(
     Returns:
       N word-id lists (the graph's aux labels).
     """
-    lattices = fast_beam_search(
+    sampled = _sample_lattice_paths(
         model,
         decoding_graph,
         encoder_out,
@@ -462,16 +460,14 @@ def fast_beam_search_nbest_LG(
         beam,
         max_states,
         max_contexts,
+        num_paths,
+        nbest_scale,
         temperature,
-        blank_penalty=blank_penalty,
+        blank_penalty,
+        seed,
+        use_aux=True,
     )
-    out = []
-    for lat in lattices:
-        generator = _generator(seed, encoder_out.device)
-        seqs = lat.sample_sequences(num_paths, nbest_scale, use_aux=True, generator=generator)
-        scores = lat.sequence_scores(seqs, use_aux=True)
-        out.append(list(seqs[int(scores.argmax())]) if seqs else [])
-    return out
+    return _highest_scoring(sampled, use_aux=True)
 
 
 def fast_beam_search_nbest_oracle(
@@ -498,6 +494,56 @@ def fast_beam_search_nbest_oracle(
     """
     from kaldialign import edit_distance
 
+    sampled = _sample_lattice_paths(
+        model,
+        decoding_graph,
+        encoder_out,
+        encoder_out_lens,
+        beam,
+        max_states,
+        max_contexts,
+        num_paths,
+        nbest_scale,
+        temperature,
+        blank_penalty,
+        seed,
+        use_aux=False,
+    )
+    out = []
+    for (_, seqs), ref in zip(sampled, ref_texts):
+        if not seqs:
+            out.append([])
+            continue
+        errors = [edit_distance(list(ref), list(s))["total"] for s in seqs]
+        out.append(list(seqs[min(range(len(seqs)), key=errors.__getitem__)]))
+    return out
+
+
+def _sample_lattice_paths(
+    model: torch.nn.Module,
+    decoding_graph: Fsa,
+    encoder_out: torch.Tensor,
+    encoder_out_lens: torch.Tensor,
+    beam: float,
+    max_states: int,
+    max_contexts: int,
+    num_paths: int,
+    nbest_scale: float,
+    temperature: float,
+    blank_penalty: float,
+    seed: Optional[int],
+    use_aux: bool,
+) -> List[Tuple[Lattice, List[Tuple[int, ...]]]]:
+    """Fast beam search, then ``num_paths`` sampled paths per lattice (scores scaled by
+    ``nbest_scale``), reduced to their distinct label sequences.
+
+    Args:
+      encoder_out: (N, T, C) encoder output.
+      encoder_out_lens: (N,) valid frames per utterance.
+      use_aux: sample the graph's aux labels (words) instead of its token labels.
+    Returns:
+      N pairs (lattice, its distinct sampled sequences).
+    """
     lattices = fast_beam_search(
         model,
         decoding_graph,
@@ -509,15 +555,22 @@ def fast_beam_search_nbest_oracle(
         temperature,
         blank_penalty=blank_penalty,
     )
-    out = []
-    for lat, ref in zip(lattices, ref_texts):
+    sampled = []
+    for lat in lattices:
         generator = _generator(seed, encoder_out.device)
-        seqs = lat.sample_sequences(num_paths, nbest_scale, use_aux=False, generator=generator)
-        if not seqs:
-            out.append([])
-            continue
-        errors = [edit_distance(list(ref), list(s))["total"] for s in seqs]
-        out.append(list(seqs[min(range(len(seqs)), key=errors.__getitem__)]))
+        seqs = lat.sample_sequences(num_paths, nbest_scale, use_aux=use_aux, generator=generator)
+        sampled.append((lat, seqs))
+    return sampled
+
+
+def _highest_scoring(
+    sampled: Sequence[Tuple[Lattice, List[Tuple[int, ...]]]], use_aux: bool
+) -> List[List[int]]:
+    """Per lattice, the sampled sequence with the highest total lattice score ([] if none)."""
+    out = []
+    for lat, seqs in sampled:
+        scores = lat.sequence_scores(seqs, use_aux=use_aux)
+        out.append(list(seqs[int(scores.argmax())]) if seqs else [])
     return out
 
 
