@@ -196,7 +196,7 @@ def get_rnnt_logprobs(
     _check_rnnt_type(rnnt_type)
     B, S, T, C = _check_lm_am(lm, am, symbols)
     _check_one_symbol_per_frame(rnnt_type, S, T, boundary)
-    normalizers = _additive_normalizers(lm, am)  # (B, S+1, T)
+    normalizers = _additive_normalizers(lm, am)[0]  # (B, S+1, T)
     px = _symbol_logits_of_am(am, symbols) + torch.gather(lm[:, :S], 2, symbols.unsqueeze(-1))
     px = px - normalizers[:, :S]
     if rnnt_type == "regular":
@@ -206,15 +206,23 @@ def get_rnnt_logprobs(
     return _finish_logprobs(px, py, boundary, rnnt_type)
 
 
-def _additive_normalizers(lm: Tensor, am: Tensor) -> Tensor:
-    """(B, S+1, T): ``log sum_c exp(lm[b,s,c] + am[b,t,c])`` via one batched matmul."""
+def _additive_normalizers(lm: Tensor, am: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``log sum_c exp(lm[b,s,c] + am[b,t,c])`` via one batched matmul, and its parts.
+
+    Args:
+      lm: (B, S+1, C); am: (B, T, C).
+    Returns:
+      normalizers (B, S+1, T); lm_probs ``exp(lm - lm_max)`` (B, S+1, C); lm_max (B, S+1, 1);
+      am_probs ``exp(am - am_max)`` (B, T, C); am_max (B, T, 1).
+    """
     am_max = am.max(dim=2, keepdim=True)[0]  # (B, T, 1)
     lm_max = lm.max(dim=2, keepdim=True)[0]  # (B, S+1, 1)
     am_probs = (am - am_max).exp()
     lm_probs = (lm - lm_max).exp()
     tiny = torch.finfo(am_probs.dtype).tiny
     products = torch.matmul(lm_probs, am_probs.transpose(1, 2)) + tiny
-    return products.log() + lm_max + am_max.transpose(1, 2)
+    normalizers = products.log() + lm_max + am_max.transpose(1, 2)
+    return normalizers, lm_probs, lm_max, am_probs, am_max
 
 
 def rnnt_loss_simple(
@@ -501,13 +509,8 @@ def get_rnnt_logprobs_smoothed(
     _check_rnnt_type(rnnt_type)
     B, S, T, C = _check_lm_am(lm, am, symbols)
     _check_one_symbol_per_frame(rnnt_type, S, T, boundary)
+    normalizers, lm_probs, lm_max, am_probs, am_max = _additive_normalizers(lm, am)
     tiny = torch.finfo(lm.dtype).tiny
-    am_max = am.max(dim=2, keepdim=True)[0]  # (B, T, 1)
-    lm_max = lm.max(dim=2, keepdim=True)[0]  # (B, S+1, 1)
-    am_probs = (am - am_max).exp()
-    lm_probs = (lm - lm_max).exp()
-    normalizers = (torch.matmul(lm_probs, am_probs.transpose(1, 2)) + tiny).log()
-    normalizers = normalizers + lm_max + am_max.transpose(1, 2)  # (B, S+1, T)
 
     lm_sums = lm_probs.sum(dim=2, keepdim=True)  # (B, S+1, 1)
     unigram = (lm_probs / lm_sums).mean(dim=(0, 1)) + tiny  # (C,)
