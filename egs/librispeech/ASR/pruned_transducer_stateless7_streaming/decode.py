@@ -237,6 +237,37 @@ def load_model(
     return model, sp
 
 
+def parse_decoding_args(
+    parser: argparse.ArgumentParser, argv: Optional[List[str]]
+) -> Tuple[argparse.Namespace, AttributeDict]:
+    """Add the data-module flags to ``parser``, apply the corpus defaults and parse ``argv``.
+
+    Returns:
+      the parsed flags (``exp_dir`` as a Path) and ``get_params()`` updated with them.
+    """
+    AsrDataModule.add_arguments(parser)
+    apply_corpus_defaults(parser, argv)
+    args = parser.parse_args(argv)
+    args.exp_dir = Path(args.exp_dir)
+
+    params = get_params()
+    params.update(vars(args))
+    return args, params
+
+
+def start_decoding(
+    params: AttributeDict,
+) -> Tuple[torch.device, torch.nn.Module, spm.SentencePieceProcessor]:
+    """Log to ``{res_dir}/log-decode-{suffix}``, pick the device and load BPE model and model."""
+    setup_logger(f"{params.res_dir}/log-decode-{params.suffix}")
+    logging.info("Decoding started")
+
+    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    log_device(device)
+    model, sp = load_model(params, device)
+    return device, model, sp
+
+
 def result_key(params: AttributeDict) -> str:
     """icefall's key of the results dict (one setting per run)."""
     method = params.decoding_method
@@ -414,14 +445,7 @@ def get_decoding_graph(
 
 @torch.no_grad()
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = get_parser()
-    AsrDataModule.add_arguments(parser)
-    apply_corpus_defaults(parser, argv)
-    args = parser.parse_args(argv)
-    args.exp_dir = Path(args.exp_dir)
-
-    params = get_params()
-    params.update(vars(args))
+    args, params = parse_decoding_args(get_parser(), argv)
     if params.decoding_method not in DECODING_METHODS:
         raise ValueError(
             f"unknown --decoding-method {params.decoding_method}; "
@@ -429,12 +453,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         )
     params.res_dir = params.exp_dir / params.decoding_method
     params.suffix = get_suffix(params)
-    setup_logger(f"{params.res_dir}/log-decode-{params.suffix}")
-    logging.info("Decoding started")
-
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    log_device(device)
-    model, sp = load_model(params, device)
+    device, model, sp = start_decoding(params)
     decoding_graph, word_table = get_decoding_graph(params, sp, device)
     logging.info(params)
 

@@ -21,7 +21,6 @@ fast_beam_search (``--beam --max-contexts --max-states``).
 import argparse
 import logging
 import math
-from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import sentencepiece as spm
@@ -29,14 +28,14 @@ import torch
 from decode import (
     add_decoding_arguments,
     checkpoint_suffix,
-    load_model,
-    log_device,
+    parse_decoding_args,
     save_results,
+    start_decoding,
 )
 from decode_stream import DecodeStream
 from torch.nn.utils.rnn import pad_sequence
 from tqdm import tqdm
-from train import add_model_arguments, apply_corpus_defaults, get_params
+from train import add_model_arguments
 from zipformer import stack_states, unstack_states
 
 from icefall.data.datamodule import AsrDataModule
@@ -44,7 +43,7 @@ from icefall.decoding.fast_beam_search import FastBeamSearchConfig
 from icefall.decoding.fsa import Fsa, trivial_graph
 from icefall.decoding.streaming import STREAMING_METHODS, streaming_search
 from icefall.features import compute_fbank
-from icefall.utils import AttributeDict, setup_logger
+from icefall.utils import AttributeDict
 
 LOG_EPS = math.log(1e-10)
 # Shortest chunk streaming_forward accepts: 7 overlap frames + 16 frames, so that every stack
@@ -250,14 +249,7 @@ def get_suffix(params: AttributeDict) -> str:
 
 @torch.no_grad()
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = get_parser()
-    AsrDataModule.add_arguments(parser)
-    apply_corpus_defaults(parser, argv)
-    args = parser.parse_args(argv)
-    args.exp_dir = Path(args.exp_dir)
-
-    params = get_params()
-    params.update(vars(args))
+    args, params = parse_decoding_args(get_parser(), argv)
     if params.decoding_method not in STREAMING_METHODS:
         raise ValueError(
             f"--decoding-method {params.decoding_method} is not supported for streaming; "
@@ -265,12 +257,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         )
     params.res_dir = params.exp_dir / "streaming" / params.decoding_method
     params.suffix = get_suffix(params)
-    setup_logger(f"{params.res_dir}/log-decode-{params.suffix}")
-    logging.info("Decoding started")
-
-    device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
-    log_device(device)
-    model, sp = load_model(params, device)
+    device, model, sp = start_decoding(params)
     decoding_graph = None
     if params.decoding_method == "fast_beam_search":
         decoding_graph = trivial_graph(params.vocab_size - 1, device=device)
