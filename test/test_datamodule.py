@@ -125,7 +125,7 @@ def test_cut_sets_per_corpus(corpus_dir: Path) -> None:
     assert len(data.train_cuts().to_eager()) == 24
     assert len(data.valid_cuts().to_eager()) == 4
     tests = data.test_cuts()
-    assert list(tests) == ["test-clean", "test-other"]
+    assert list(tests) == ["dev", "test-clean", "test-other"]
     with pytest.raises(FileNotFoundError, match="prepare.sh"):
         AsrDataModule(
             parse_args(["--corpus", "librispeech", "--manifest-dir", str(corpus_dir)])
@@ -310,7 +310,7 @@ def test_tiny_corpus_batches(tiny_ci_dir: Path, monkeypatch: pytest.MonkeyPatch)
     assert batch["inputs"].shape[0] == len(batch["supervisions"]["text"]) >= 1
     assert batch["inputs"].shape[2] == 80 and torch.isfinite(batch["inputs"]).all()
     assert train.data.stats.kept >= 1
-    assert list(data.test_cuts()) == ["test-clean", "test-other"]
+    assert list(data.test_cuts()) == ["dev", "test-clean", "test-other"]
     valid = [i for b in data.valid_dataloaders(data.valid_cuts()) for i in batch_ids(b)]
     assert sorted(valid) == sorted(c.id for c in data.valid_cuts())
 

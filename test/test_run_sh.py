@@ -67,7 +67,7 @@ def test_summary_is_well_formed(main_job: tuple) -> None:
     _, exp_dir, stdout = main_job
     summary = json.loads((exp_dir / "summary.json").read_text())
     assert set(summary["wer"]) == {"dev", "test-clean", "test-other"}
-    for test_set in ("test-clean", "test-other"):
+    for test_set in ("dev", "test-clean", "test-other"):
         for method in EXPECTED_METHODS:
             wer = summary["wer"][test_set][method]
             assert isinstance(wer, float) and wer >= 0.0, (test_set, method)
