@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from icefall.tokens import read_token_table  # noqa: F401 - re-exported (icefall's place for it)
+
 Pathlike = Union[str, Path]
 
 LOG_LEVELS = {
@@ -519,22 +521,6 @@ def is_jit_tracing() -> bool:
     if torch.jit.is_scripting():
         return False
     return torch.jit.is_tracing()
-
-
-def read_token_table(filename: Pathlike) -> dict[str, int]:
-    """Read ``tokens.txt`` (``symbol id`` per line) into ``{symbol: id}``."""
-    table: dict[str, int] = {}
-    with open(filename, encoding="utf-8") as f:
-        for line_number, line in enumerate(f, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-                raise ValueError(
-                    f"{filename}:{line_number}: expected 'symbol id', got {line.rstrip()!r}"
-                )
-            table[fields[0]] = int(fields[1])
-    return table
 
 
 def num_tokens(token_table: dict[str, int]) -> int:

@@ -14,6 +14,7 @@ import kaldialign
 import pytest
 import torch
 
+from icefall.tokens import read_tokens
 from icefall.utils import (
     AttributeDict,
     DecodingResults,
@@ -294,4 +295,12 @@ def test_token_table(tmp_path: Path) -> None:
     assert num_tokens(table) == 3
     path.write_text("<blk> zero\n")
     with pytest.raises(ValueError, match="tokens.txt:1"):
+        read_token_table(path)
+
+
+def test_lone_id_is_a_space_for_sherpa_only(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.txt"
+    path.write_text("<blk> 0\n 1\n")
+    assert read_tokens(path) == [("<blk>", 0), (" ", 1)]
+    with pytest.raises(ValueError, match="tokens.txt:2: expected 'symbol id'"):
         read_token_table(path)

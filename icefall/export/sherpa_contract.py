@@ -19,6 +19,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import onnx
 
+from icefall.tokens import read_tokens
+
 PathLike = Union[str, Path]
 Dim = Union[int, str, None]  # static size, symbolic name, or unknown
 
@@ -152,26 +154,6 @@ def inspect_onnx_file(path: PathLike) -> OnnxFileInfo:
         ),
         initializer_types=tuple(sorted({t.data_type for t in model.graph.initializer})),
     )
-
-
-def read_tokens(path: PathLike) -> List[Tuple[str, int]]:
-    """Parses tokens.txt as sherpa-onnx does: ``symbol id`` per line; a lone integer is ``" "``.
-
-    Raises:
-      ValueError: on a line with more than 2 fields or a non-integer id.
-    """
-    entries = []
-    for line_no, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        line = raw.strip()
-        if not line:
-            continue
-        fields = line.split()
-        if len(fields) == 1:
-            fields = [" ", fields[0]]
-        if len(fields) != 2 or not _INT_RE.match(fields[1]):
-            raise ValueError(f"{path}:{line_no}: expected 'symbol id', got {raw!r}")
-        entries.append((fields[0], int(fields[1])))
-    return entries
 
 
 def zipformer_v1_state_specs(

@@ -22,7 +22,6 @@ import argparse
 import logging
 import sys
 
-from icefall.export.sherpa_contract import read_tokens
 from icefall.export.streaming_reference import (
     OnnxStreamingTransducer,
     ids_to_text,
@@ -30,6 +29,7 @@ from icefall.export.streaming_reference import (
     resample,
     sherpa_fbank,
 )
+from icefall.tokens import read_tokens
 
 
 def get_parser() -> argparse.ArgumentParser:
