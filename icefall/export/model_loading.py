@@ -180,3 +180,12 @@ def add_corpus_argument(parser: argparse.ArgumentParser) -> None:
         choices=sorted(CORPORA),
         help="corpus whose defaults apply (default: detected from the current egs/<corpus>/ASR)",
     )
+
+
+def add_export_arguments(parser: argparse.ArgumentParser, epoch: int = 30, avg: int = 9) -> None:
+    """The flags of every export script: ``--corpus``, the checkpoint selection of
+    :func:`add_checkpoint_arguments`, ``--tokens`` and ``--context-size``."""
+    add_corpus_argument(parser)
+    add_checkpoint_arguments(parser, epoch=epoch, avg=avg)
+    parser.add_argument("--tokens", default="data/lang_bpe_500/tokens.txt", help="tokens.txt")
+    parser.add_argument("--context-size", type=int, default=2, help="decoder context size")

@@ -12,12 +12,7 @@ from typing import Callable, List, Tuple
 import numpy as np
 import torch
 
-from icefall.export.streaming_reference import (  # noqa: F401 - re-exported
-    ids_to_text,
-    read_sound_files,
-    resample,
-    sherpa_fbank,
-)
+from icefall.export.streaming_reference import resample, sherpa_fbank
 
 EncoderStep = Callable[
     [torch.Tensor, torch.Tensor, List[torch.Tensor]],

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Dict
 
 import torch
+from export import load_export_model
 from onnx_wrappers import (
     PAD_LENGTH,
     OnnxDecoder,
@@ -41,31 +42,21 @@ from onnx_wrappers import (
     encoder_meta_data,
 )
 from scaling_converter import convert_scaled_to_non_scaled
-from train import add_model_arguments, apply_corpus_defaults, get_params, get_transducer_model
+from train import add_model_arguments
 
-from icefall.export.model_loading import (
-    add_checkpoint_arguments,
-    add_corpus_argument,
-    checkpoint_description,
-    load_model_from_params,
-    set_vocabulary_params,
-)
+from icefall.export.cli import script_parser, setup_script_logging
+from icefall.export.model_loading import add_export_arguments, checkpoint_description
 from icefall.export.onnx_meta import add_meta_data, decoder_meta_data, joiner_meta_data
 from icefall.export.quantize import quantize_int8
 from icefall.export.sherpa_contract import check_sherpa_onnx_contract
-from icefall.utils import AttributeDict, str2bool
+from icefall.utils import str2bool
 
 MAX_OPSET = 17
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_corpus_argument(parser)
-    add_checkpoint_arguments(parser)
-    parser.add_argument("--tokens", default="data/lang_bpe_500/tokens.txt", help="tokens.txt")
-    parser.add_argument("--context-size", type=int, default=2, help="decoder context size")
+    parser = script_parser(__doc__)
+    add_export_arguments(parser)
     parser.add_argument(
         "--opset-version", type=int, default=13, help=f"ONNX opset (at most {MAX_OPSET})"
     )
@@ -212,14 +203,7 @@ def check_exported(paths: Dict[str, Path], tokens: Path) -> None:
 
 
 def main() -> None:
-    parser = get_parser()
-    apply_corpus_defaults(parser)
-    args = parser.parse_args()
-    params = AttributeDict(get_params())
-    params.update(vars(args))
-    set_vocabulary_params(params, params.tokens)
-    logging.info(f"Export parameters: {params}")
-    model = load_model_from_params(params, get_transducer_model)
+    params, model = load_export_model(get_parser())
     suffix = checkpoint_description(params.epoch, params.iter, params.avg, False)
     paths = export_onnx_models(
         model,
@@ -233,8 +217,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s",
-        level=logging.INFO,
-    )
+    setup_script_logging()
     main()

@@ -20,16 +20,17 @@ Usage (from ``egs/<corpus>/ASR``)::
 import argparse
 import logging
 from pathlib import Path
+from typing import Tuple
 
 import torch
 from onnx_wrappers import StreamingTransducerJit
 from scaling_converter import convert_scaled_to_non_scaled
 from train import add_model_arguments, apply_corpus_defaults, get_params, get_transducer_model
 
+from icefall.export.cli import script_parser, setup_script_logging
 from icefall.export.jit import check_loads_without_toolkit
 from icefall.export.model_loading import (
-    add_checkpoint_arguments,
-    add_corpus_argument,
+    add_export_arguments,
     load_model_from_params,
     set_vocabulary_params,
 )
@@ -37,13 +38,8 @@ from icefall.utils import AttributeDict, str2bool
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_corpus_argument(parser)
-    add_checkpoint_arguments(parser)
-    parser.add_argument("--tokens", default="data/lang_bpe_500/tokens.txt", help="tokens.txt")
-    parser.add_argument("--context-size", type=int, default=2, help="decoder context size")
+    parser = script_parser(__doc__)
+    add_export_arguments(parser)
     parser.add_argument(
         "--jit",
         type=str2bool,
@@ -67,16 +63,31 @@ def export_jit(model: torch.nn.Module, decode_chunk_len: int, filename: Path) ->
     logging.info(f"{filename} loads without icefall; methods: {', '.join(info['methods'])}")
 
 
-@torch.no_grad()
-def main() -> None:
-    parser = get_parser()
+def parse_params(parser: argparse.ArgumentParser) -> AttributeDict:
+    """``get_params()`` updated with the command line, parsed after the corpus defaults are
+    applied (see ``train.apply_corpus_defaults``)."""
     apply_corpus_defaults(parser)
-    args = parser.parse_args()
-    params = AttributeDict(get_params())
-    params.update(vars(args))
+    params = get_params()
+    params.update(vars(parser.parse_args()))
+    return params
+
+
+def load_export_model(parser: argparse.ArgumentParser) -> Tuple[AttributeDict, torch.nn.Module]:
+    """Parses the flags of an export script, reads ``--tokens`` and loads the checkpoints the
+    flags select.
+
+    Returns:
+      The parameters (with ``vocab_size``, ``blank_id``, ``unk_id``) and the model (CPU, eval).
+    """
+    params = parse_params(parser)
     set_vocabulary_params(params, params.tokens)
     logging.info(f"Export parameters: {params}")
-    model = load_model_from_params(params, get_transducer_model)
+    return params, load_model_from_params(params, get_transducer_model)
+
+
+@torch.no_grad()
+def main() -> None:
+    params, model = load_export_model(get_parser())
     params.exp_dir.mkdir(parents=True, exist_ok=True)
     if params.jit:
         export_jit(model, params.decode_chunk_len, params.exp_dir / "cpu_jit.pt")
@@ -87,8 +98,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s",
-        level=logging.INFO,
-    )
+    setup_script_logging()
     main()

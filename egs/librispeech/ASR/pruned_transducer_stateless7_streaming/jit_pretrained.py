@@ -13,34 +13,33 @@ Unreadable files are reported and skipped (exit status 1).
 """
 
 import argparse
-import logging
 import sys
 from types import SimpleNamespace
+from typing import List
 
+import numpy as np
 import torch
 
 from icefall.decoding.greedy import greedy_search_batch
 from icefall.decoding.modified_beam_search import modified_beam_search
-from icefall.export.streaming import (
-    chunked_encoder_forward,
-    ids_to_text,
-    read_sound_files,
-    utterance_features,
+from icefall.export.cli import (
+    add_sound_file_arguments,
+    script_parser,
+    setup_script_logging,
+    transcribe_sound_files,
 )
-from icefall.utils import read_token_table
+from icefall.export.streaming import chunked_encoder_forward, utterance_features
+from icefall.tokens import read_token_table
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--nn-model-filename", required=True, help="cpu_jit.pt from export.py")
-    parser.add_argument("--tokens", required=True, help="tokens.txt")
     parser.add_argument(
         "--method", default="greedy_search", choices=["greedy_search", "modified_beam_search"]
     )
     parser.add_argument("--beam-size", type=int, default=4, help="for modified_beam_search")
-    parser.add_argument("sound_files", nargs="+", help="sound files (any sample rate)")
+    add_sound_file_arguments(parser)
     return parser
 
 
@@ -48,7 +47,6 @@ def get_parser() -> argparse.ArgumentParser:
 def main() -> None:
     args = get_parser().parse_args()
     token_table = read_token_table(args.tokens)
-    id_to_symbol = {i: s for s, i in token_table.items()}
     model = torch.jit.load(args.nn_model_filename, map_location="cpu")
     model.eval()
     # what icefall.decoding's searches use: decoder, joiner (+ projections), unk_id
@@ -59,10 +57,7 @@ def main() -> None:
     )
     chunk_size = model.decode_chunk_len + model.pad_length
 
-    utterances, errors = read_sound_files(args.sound_files)
-    for error in errors:
-        logging.error(error)
-    for path, samples, sample_rate in utterances:
+    def transcribe(samples: np.ndarray, sample_rate: int) -> List[int]:
         encoder_out = chunked_encoder_forward(
             utterance_features(samples, sample_rate),
             model,
@@ -72,18 +67,13 @@ def main() -> None:
         )
         lens = torch.tensor([encoder_out.size(1)], dtype=torch.int64)
         if args.method == "greedy_search":
-            hyp = greedy_search_batch(searchable, encoder_out, lens)[0]
-        else:
-            hyp = modified_beam_search(searchable, encoder_out, lens, beam=args.beam_size)[0]
-        print(f"{path}:\n{ids_to_text(hyp, id_to_symbol)}\n", flush=True)
-    if errors:
-        logging.error(f"{len(errors)} of {len(args.sound_files)} files could not be read")
+            return greedy_search_batch(searchable, encoder_out, lens)[0]
+        return modified_beam_search(searchable, encoder_out, lens, beam=args.beam_size)[0]
+
+    if transcribe_sound_files(args.sound_files, transcribe, token_table):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s",
-        level=logging.INFO,
-    )
+    setup_script_logging()
     main()

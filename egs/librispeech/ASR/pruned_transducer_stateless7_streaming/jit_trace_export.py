@@ -27,30 +27,21 @@ from pathlib import Path
 from typing import Dict
 
 import torch
+from export import load_export_model
 from onnx_wrappers import PAD_LENGTH, DecoderStep, StreamingEncoderStep
 from scaling_converter import convert_scaled_to_non_scaled
-from train import add_model_arguments, apply_corpus_defaults, get_params, get_transducer_model
+from train import add_model_arguments
 
+from icefall.export.cli import script_parser, setup_script_logging
 from icefall.export.jit import eager_branches_while_tracing, trace_forward
-from icefall.export.model_loading import (
-    add_checkpoint_arguments,
-    add_corpus_argument,
-    load_model_from_params,
-    set_vocabulary_params,
-)
-from icefall.utils import AttributeDict
+from icefall.export.model_loading import add_export_arguments
 
 EXTRA_FILE = "export_info.json"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_corpus_argument(parser)
-    add_checkpoint_arguments(parser, epoch=28, avg=15)
-    parser.add_argument("--tokens", default="data/lang_bpe_500/tokens.txt", help="tokens.txt")
-    parser.add_argument("--context-size", type=int, default=2, help="decoder context size")
+    parser = script_parser(__doc__)
+    add_export_arguments(parser, epoch=28, avg=15)
     add_model_arguments(parser)
     return parser
 
@@ -104,14 +95,7 @@ def export_joiner_jit_trace(joiner: torch.nn.Module, filename: Path) -> None:
 
 @torch.no_grad()
 def main() -> None:
-    parser = get_parser()
-    apply_corpus_defaults(parser)
-    args = parser.parse_args()
-    params = AttributeDict(get_params())
-    params.update(vars(args))
-    set_vocabulary_params(params, params.tokens)
-    logging.info(f"Export parameters: {params}")
-    model = load_model_from_params(params, get_transducer_model)
+    params, model = load_export_model(get_parser())
     model = convert_scaled_to_non_scaled(model, inplace=False).eval()
     exp_dir = Path(params.exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
@@ -123,8 +107,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s",
-        level=logging.INFO,
-    )
+    setup_script_logging()
     main()

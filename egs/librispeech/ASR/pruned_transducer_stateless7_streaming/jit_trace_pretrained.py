@@ -16,32 +16,29 @@ emits at most one symbol per frame and never blank or ``<unk>``, so the transcri
 
 import argparse
 import json
-import logging
 import sys
 from typing import Dict, List, Tuple
 
+import numpy as np
 import torch
 
-from icefall.export.streaming import (
-    chunked_encoder_forward,
-    ids_to_text,
-    read_sound_files,
-    utterance_features,
+from icefall.export.cli import (
+    add_model_file_arguments,
+    add_sound_file_arguments,
+    script_parser,
+    setup_script_logging,
+    transcribe_sound_files,
 )
-from icefall.utils import read_token_table
+from icefall.export.streaming import chunked_encoder_forward, utterance_features
+from icefall.tokens import read_token_table
 
 EXTRA_FILE = "export_info.json"
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--encoder-model-filename", required=True, help="encoder_jit_trace.pt")
-    parser.add_argument("--decoder-model-filename", required=True, help="decoder_jit_trace.pt")
-    parser.add_argument("--joiner-model-filename", required=True, help="joiner_jit_trace.pt")
-    parser.add_argument("--tokens", required=True, help="tokens.txt")
-    parser.add_argument("sound_files", nargs="+", help="sound files (any sample rate)")
+    parser = script_parser(__doc__)
+    add_model_file_arguments(parser, "_jit_trace.pt")
+    add_sound_file_arguments(parser)
     return parser
 
 
@@ -80,7 +77,6 @@ def greedy_search(
 def main() -> None:
     args = get_parser().parse_args()
     token_table = read_token_table(args.tokens)
-    id_to_symbol = {i: s for s, i in token_table.items()}
     encoder, encoder_info = load_traced(args.encoder_model_filename)
     decoder, decoder_info = load_traced(args.decoder_model_filename)
     joiner, _ = load_traced(args.joiner_model_filename)
@@ -91,10 +87,7 @@ def main() -> None:
     chunk_shift = encoder_info["decode_chunk_len"]
     blank_id = decoder_info["blank_id"]
 
-    utterances, errors = read_sound_files(args.sound_files)
-    for error in errors:
-        logging.error(error)
-    for path, samples, sample_rate in utterances:
+    def transcribe(samples: np.ndarray, sample_rate: int) -> List[int]:
         encoder_out = chunked_encoder_forward(
             utterance_features(samples, sample_rate),
             encoder,
@@ -102,7 +95,7 @@ def main() -> None:
             chunk_size=chunk_shift + encoder_info["pad_length"],
             chunk_shift=chunk_shift,
         )
-        hyp = greedy_search(
+        return greedy_search(
             decoder,
             joiner,
             encoder_out,
@@ -110,15 +103,11 @@ def main() -> None:
             blank_id,
             token_table.get("<unk>", blank_id),
         )
-        print(f"{path}:\n{ids_to_text(hyp, id_to_symbol)}\n", flush=True)
-    if errors:
-        logging.error(f"{len(errors)} of {len(args.sound_files)} files could not be read")
+
+    if transcribe_sound_files(args.sound_files, transcribe, token_table):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s",
-        level=logging.INFO,
-    )
+    setup_script_logging()
     main()

@@ -26,15 +26,14 @@ from typing import List
 import numpy as np
 import torch
 
+from icefall.export.cli import script_parser, setup_script_logging
 from icefall.export.streaming_reference import OnnxStreamingTransducer
 
 STATE_BATCH_AXIS = (1, 1, 2, 2, 2, 1, 1)  # cached_len, avg, key, val, val2, conv1, conv2
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     parser.add_argument("--jit-filename", required=True, help="cpu_jit.pt")
     parser.add_argument("--onnx-encoder-filename", required=True)
     parser.add_argument("--onnx-decoder-filename", required=True)
@@ -105,8 +104,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s",
-        level=logging.INFO,
-    )
+    setup_script_logging()
     main()

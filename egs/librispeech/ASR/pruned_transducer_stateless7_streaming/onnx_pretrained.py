@@ -19,57 +19,48 @@ Files of any sample rate are resampled to 16 kHz. Unreadable files are reported 
 """
 
 import argparse
-import logging
 import sys
+from typing import List
 
-from icefall.export.streaming_reference import (
-    OnnxStreamingTransducer,
-    ids_to_text,
-    read_sound_files,
-    resample,
-    sherpa_fbank,
+import numpy as np
+
+from icefall.export.cli import (
+    add_model_file_arguments,
+    add_sound_file_arguments,
+    script_parser,
+    setup_script_logging,
+    transcribe_sound_files,
 )
+from icefall.export.streaming_reference import OnnxStreamingTransducer, resample, sherpa_fbank
 from icefall.tokens import read_tokens
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--encoder-model-filename", required=True, help="encoder .onnx")
-    parser.add_argument("--decoder-model-filename", required=True, help="decoder .onnx")
-    parser.add_argument("--joiner-model-filename", required=True, help="joiner .onnx")
-    parser.add_argument("--tokens", required=True, help="tokens.txt")
+    parser = script_parser(__doc__)
+    add_model_file_arguments(parser, " .onnx")
     parser.add_argument("--num-threads", type=int, default=1, help="onnxruntime threads")
-    parser.add_argument("sound_files", nargs="+", help="sound files (any sample rate)")
+    add_sound_file_arguments(parser)
     return parser
 
 
 def main() -> None:
     args = get_parser().parse_args()
-    id_to_symbol = {i: s for s, i in read_tokens(args.tokens)}
-    symbol_to_id = {s: i for i, s in id_to_symbol.items()}
+    token_table = dict(read_tokens(args.tokens))
     model = OnnxStreamingTransducer(
         args.encoder_model_filename,
         args.decoder_model_filename,
         args.joiner_model_filename,
         num_threads=args.num_threads,
     )
-    utterances, errors = read_sound_files(args.sound_files)
-    for error in errors:
-        logging.error(error)
-    for path, samples, sample_rate in utterances:
+
+    def transcribe(samples: np.ndarray, sample_rate: int) -> List[int]:
         features = sherpa_fbank(resample(samples, sample_rate))
-        hyp = model.greedy_search(features, unk_id=symbol_to_id.get("<unk>"))
-        print(f"{path}:\n{ids_to_text(hyp, id_to_symbol)}\n", flush=True)
-    if errors:
-        logging.error(f"{len(errors)} of {len(args.sound_files)} files could not be read")
+        return model.greedy_search(features, unk_id=token_table.get("<unk>"))
+
+    if transcribe_sound_files(args.sound_files, transcribe, token_table):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s",
-        level=logging.INFO,
-    )
+    setup_script_logging()
     main()

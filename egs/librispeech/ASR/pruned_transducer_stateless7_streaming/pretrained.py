@@ -25,20 +25,17 @@ from typing import List
 
 import numpy as np
 import torch
-from train import add_model_arguments, apply_corpus_defaults, get_params, get_transducer_model
+from export import parse_params
+from train import add_model_arguments, get_transducer_model
 
 from icefall.decoding.beam_search import beam_search
 from icefall.decoding.fast_beam_search import fast_beam_search_one_best
 from icefall.decoding.fsa import trivial_graph
 from icefall.decoding.greedy import greedy_search, greedy_search_batch
 from icefall.decoding.modified_beam_search import modified_beam_search
+from icefall.export.cli import script_parser, setup_script_logging, transcribe_sound_files
 from icefall.export.model_loading import add_corpus_argument, set_vocabulary_params
-from icefall.export.streaming import (
-    chunked_encoder_forward,
-    ids_to_text,
-    read_sound_files,
-    utterance_features,
-)
+from icefall.export.streaming import chunked_encoder_forward, utterance_features
 from icefall.export.streaming_reference import resample, sherpa_fbank
 from icefall.utils import AttributeDict, str2bool
 
@@ -46,9 +43,7 @@ METHODS = ("greedy_search", "beam_search", "modified_beam_search", "fast_beam_se
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = script_parser(__doc__)
     add_corpus_argument(parser)
     parser.add_argument("--checkpoint", required=True, help="pretrained.pt from export.py")
     parser.add_argument("--tokens", default="data/lang_bpe_500/tokens.txt", help="tokens.txt")
@@ -117,14 +112,10 @@ def search(model: torch.nn.Module, encoder_out: torch.Tensor, params: AttributeD
 @torch.no_grad()
 def main() -> None:
     parser = get_parser()
-    apply_corpus_defaults(parser)
-    args = parser.parse_args()
-    params = AttributeDict(get_params())
-    params.update(vars(args))
+    params = parse_params(parser)
     if params.sample_rate != 16000:
         parser.error(f"--sample-rate {params.sample_rate}: the model works on 16 kHz features")
     token_table = set_vocabulary_params(params, params.tokens)
-    id_to_symbol = {i: s for s, i in token_table.items()}
     logging.info(f"Decoding parameters: {params}")
 
     model = get_transducer_model(params)
@@ -133,21 +124,14 @@ def main() -> None:
     model.eval()
     model.unk_id = params.unk_id
 
-    utterances, errors = read_sound_files(params.sound_files)
-    for error in errors:
-        logging.error(error)
-    for path, samples, sample_rate in utterances:
+    def transcribe(samples: np.ndarray, sample_rate: int) -> List[int]:
         encoder_out = encode(model, samples, sample_rate, params.simulated_streaming)
-        hyp = search(model, encoder_out, params)
-        print(f"{path}:\n{ids_to_text(hyp, id_to_symbol)}\n", flush=True)
-    if errors:
-        logging.error(f"{len(errors)} of {len(params.sound_files)} files could not be read")
+        return search(model, encoder_out, params)
+
+    if transcribe_sound_files(params.sound_files, transcribe, token_table):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s [%(filename)s:%(lineno)d] %(message)s",
-        level=logging.INFO,
-    )
+    setup_script_logging()
     main()
