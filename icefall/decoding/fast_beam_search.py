@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from icefall.decoding.fsa import Fsa
-from icefall.decoding.hypothesis import initial_context, joiner_logits, run_decoder
+from icefall.decoding.hypothesis import active_frames, initial_context, joiner_logits, run_decoder
 from icefall.decoding.lattice import Lattice
 
 
@@ -333,9 +333,7 @@ def fast_beam_search(
     streams = make_streams(model, decoding_graph, encoder_out.size(0))
     encoder_proj = model.joiner.encoder_proj(encoder_out)
     lens = encoder_out_lens.tolist()
-    for t in range(max(lens, default=0)):
-        active = [i for i, n in enumerate(lens) if n > t]
-        idx = torch.tensor(active, device=encoder_out.device)
+    for t, active, idx in active_frames(lens, encoder_out.device):
         advance_streams(model, [streams[i] for i in active], encoder_proj[idx, t], config)
     return [s.lattice(allow_partial) for s in streams]
 

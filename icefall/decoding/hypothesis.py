@@ -7,7 +7,7 @@ A hypothesis keeps its token history ``ys`` including the ``context_size`` leadi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -85,6 +85,23 @@ class HypothesisList:
 
     def __str__(self) -> str:
         return ", ".join(f"{h.key}:{h.log_prob.item():.3f}" for h in self)
+
+
+def active_frames(
+    lens: Sequence[int], device: torch.device
+) -> Iterator[Tuple[int, List[int], torch.Tensor]]:
+    """Frame-synchronous batching: for every frame t, the utterances that still have frame t.
+
+    Args:
+      lens: valid frames of each of the N utterances.
+      device: where the index tensor is put.
+    Yields:
+      (t, indices of the K utterances with more than t frames, the same indices as a (K,)
+      int64 tensor on ``device``).
+    """
+    for t in range(max(lens, default=0)):
+        active = [i for i, n in enumerate(lens) if n > t]
+        yield t, active, torch.tensor(active, device=device)
 
 
 def initial_context(context_size: int, blank_id: int) -> List[int]:

@@ -12,6 +12,7 @@ import torch
 from icefall.decoding.hypothesis import (
     Hypothesis,
     HypothesisList,
+    active_frames,
     initial_context,
     joiner_logits,
     make_results,
@@ -129,9 +130,7 @@ def modified_beam_search(
     encoder_proj = model.joiner.encoder_proj(encoder_out)
     hyp_lists = [initial_hypotheses(model, device) for _ in lens]
 
-    for t in range(max(lens, default=0)):
-        active = [i for i, n in enumerate(lens) if n > t]
-        active_idx = torch.tensor(active, device=device)
+    for t, active, active_idx in active_frames(lens, device):
         stepped = modified_beam_search_step(
             model,
             encoder_proj[active_idx, t],

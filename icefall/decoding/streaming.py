@@ -17,7 +17,13 @@ from icefall.decoding.fast_beam_search import (
     advance_streams,
 )
 from icefall.decoding.fsa import Fsa
-from icefall.decoding.hypothesis import HypothesisList, initial_context, joiner_logits, run_decoder
+from icefall.decoding.hypothesis import (
+    HypothesisList,
+    active_frames,
+    initial_context,
+    joiner_logits,
+    run_decoder,
+)
 from icefall.decoding.modified_beam_search import initial_hypotheses, modified_beam_search_step
 
 STREAMING_METHODS = ("greedy_search", "modified_beam_search", "fast_beam_search")
@@ -131,9 +137,7 @@ def streaming_greedy_search(
     encoder_proj = model.joiner.encoder_proj(encoder_out)
     contexts = torch.tensor([s.ys[-context_size:] for s in states], device=device)
     decoder_proj = run_decoder(model, contexts)
-    for t in range(max(lens, default=0)):
-        active = [i for i, n in enumerate(lens) if n > t]
-        idx = torch.tensor(active, device=device)
+    for t, active, idx in active_frames(lens, device):
         logits = joiner_logits(model, encoder_proj[idx, t], decoder_proj[idx], blank_penalty)
         emitted = []
         for i, token in zip(active, logits.argmax(dim=-1).tolist()):
@@ -162,9 +166,7 @@ def streaming_modified_beam_search(
     """Advance modified-beam-search states by one chunk (see :func:`streaming_greedy_search`)."""
     lens = _frame_counts(encoder_out, encoder_out_lens)
     encoder_proj = model.joiner.encoder_proj(encoder_out)
-    for t in range(max(lens, default=0)):
-        active = [i for i, n in enumerate(lens) if n > t]
-        idx = torch.tensor(active, device=encoder_out.device)
+    for t, active, idx in active_frames(lens, encoder_out.device):
         stepped = modified_beam_search_step(
             model,
             encoder_proj[idx, t],
@@ -190,9 +192,7 @@ def streaming_fast_beam_search(
     """Advance fast-beam-search states by one chunk (see :func:`streaming_greedy_search`)."""
     lens = _frame_counts(encoder_out, encoder_out_lens)
     encoder_proj = model.joiner.encoder_proj(encoder_out)
-    for t in range(max(lens, default=0)):
-        active = [i for i, n in enumerate(lens) if n > t]
-        idx = torch.tensor(active, device=encoder_out.device)
+    for t, active, idx in active_frames(lens, encoder_out.device):
         advance_streams(model, [states[i].search for i in active], encoder_proj[idx, t], config)
 
 
