@@ -168,19 +168,16 @@ def zipformer_v1_state_specs(
       (states in input order with batch size shown as -1, problems found in the metadata).
     """
     del feature_dim
-    problems: List[str] = []
-    lists = {}
-    for key in ("encoder_dims", "attention_dims", "num_encoder_layers", "cnn_module_kernels",
-                "left_context_len"):  # fmt: skip
-        lists[key] = _parse_int_list(meta, key, problems)
+    lists, problems = _per_stack_lists(
+        meta,
+        ("encoder_dims", "attention_dims", "num_encoder_layers", "cnn_module_kernels",
+         "left_context_len"),
+    )  # fmt: skip
     if problems:
         return [], problems
-    lengths = {k: len(v) for k, v in lists.items()}
-    if len(set(lengths.values())) != 1:
-        return [], [f"per-stack metadata lists differ in length: {lengths}"]
     specs: List[StateSpec] = []
     for kind in ZIPFORMER_V1_STATE_KINDS:
-        for i in range(lengths["encoder_dims"]):
+        for i in range(len(lists["encoder_dims"])):
             layers = lists["num_encoder_layers"][i]
             dim = lists["encoder_dims"][i]
             att = lists["attention_dims"][i]
@@ -206,16 +203,13 @@ def zipformer2_state_specs(
     meta: Dict[str, str], feature_dim: int = 80
 ) -> Tuple[List[StateSpec], List[str]]:
     """The 6m+2 encoder states sherpa-onnx builds for streaming ``model_type=zipformer2``."""
-    problems: List[str] = []
-    lists = {}
-    for key in ("encoder_dims", "query_head_dims", "value_head_dims", "num_heads",
-                "num_encoder_layers", "cnn_module_kernels", "left_context_len"):  # fmt: skip
-        lists[key] = _parse_int_list(meta, key, problems)
+    lists, problems = _per_stack_lists(
+        meta,
+        ("encoder_dims", "query_head_dims", "value_head_dims", "num_heads",
+         "num_encoder_layers", "cnn_module_kernels", "left_context_len"),
+    )  # fmt: skip
     if problems:
         return [], problems
-    lengths = {k: len(v) for k, v in lists.items()}
-    if len(set(lengths.values())) != 1:
-        return [], [f"per-stack metadata lists differ in length: {lengths}"]
     if sum(lists["num_encoder_layers"]) < 1:
         return [], ["zipformer2 needs at least one encoder layer (batch size is read from it)"]
     specs: List[StateSpec] = []
@@ -240,6 +234,21 @@ def zipformer2_state_specs(
     specs.append(StateSpec("embed_states", [-1, 128, 3, embed_freq], 0, FLOAT))
     specs.append(StateSpec("processed_lens", [-1], 0, INT64))
     return specs, problems
+
+
+def _per_stack_lists(
+    meta: Dict[str, str], keys: Sequence[str]
+) -> Tuple[Dict[str, List[int]], List[str]]:
+    """The comma-separated per-stack metadata ``keys`` as int lists, and the problems found:
+    keys missing or malformed, or lists of different lengths (one entry per encoder stack)."""
+    problems: List[str] = []
+    lists = {key: _parse_int_list(meta, key, problems) for key in keys}
+    if problems:
+        return lists, problems
+    lengths = {k: len(v) for k, v in lists.items()}
+    if len(set(lengths.values())) != 1:
+        return lists, [f"per-stack metadata lists differ in length: {lengths}"]
+    return lists, problems
 
 
 def _parse_int(meta: Dict[str, str], key: str, problems: List[str]) -> Optional[int]:
