@@ -21,15 +21,13 @@ output's magnitude. Exits with status 1 when one exceeds ``--tolerance`` (float 
 import argparse
 import logging
 import sys
-from typing import List
 
 import numpy as np
 import torch
+from zipformer import stack_states
 
 from icefall.export.cli import script_parser, setup_script_logging
 from icefall.export.streaming_reference import OnnxStreamingTransducer
-
-STATE_BATCH_AXIS = (1, 1, 2, 2, 2, 1, 1)  # cached_len, avg, key, val, val2, conv1, conv2
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -52,15 +50,6 @@ def relative_diff(onnx_out: np.ndarray, torch_out: torch.Tensor) -> float:
     return float(np.abs(onnx_out.astype(reference.dtype) - reference).max(initial=0.0)) / scale
 
 
-def batch_states(states: List[torch.Tensor], batch_size: int) -> List[torch.Tensor]:
-    """Batch-1 states repeated ``batch_size`` times along each state's batch axis."""
-    per_kind = len(states) // 7
-    return [
-        torch.cat([s] * batch_size, dim=STATE_BATCH_AXIS[i // per_kind])
-        for i, s in enumerate(states)
-    ]
-
-
 @torch.no_grad()
 def main() -> None:
     args = get_parser().parse_args()
@@ -74,7 +63,7 @@ def main() -> None:
         sys.exit(f"chunk size differs: cpu_jit.pt {chunk_size}, ONNX T={onnx_model.chunk_size}")
     worst = {}
     for batch_size in (1, 3):
-        torch_states = batch_states(jit_model.get_init_state(), batch_size)
+        torch_states = stack_states([jit_model.get_init_state()] * batch_size)
         onnx_states = [s.numpy() for s in torch_states]
         for _ in range(args.num_chunks):
             x = torch.randn(batch_size, chunk_size, 80)

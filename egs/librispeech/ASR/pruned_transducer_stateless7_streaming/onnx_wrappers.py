@@ -18,27 +18,10 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn as nn
+from zipformer import STATE_BATCH_DIMS, STATE_NAMES
 
 from icefall.export.onnx_meta import zipformer_streaming_meta_data
 
-STATE_KINDS = (
-    "cached_len",
-    "cached_avg",
-    "cached_key",
-    "cached_val",
-    "cached_val2",
-    "cached_conv1",
-    "cached_conv2",
-)
-STATE_BATCH_AXIS = {
-    "cached_len": 1,
-    "cached_avg": 1,
-    "cached_key": 2,
-    "cached_val": 2,
-    "cached_val2": 2,
-    "cached_conv1": 1,
-    "cached_conv2": 1,
-}
 PAD_LENGTH = 7  # feature frames of right context the convolutional front end consumes
 
 
@@ -62,7 +45,7 @@ class OnnxEncoder(nn.Module):
 
         Args:
           x: (N, T, 80) features, T = decode_chunk_len + 7; every row is full length.
-          states: the 7 * num_stacks state tensors (see :data:`STATE_KINDS`).
+          states: the 7 * num_stacks state tensors (see ``zipformer.STATE_NAMES``).
 
         Returns:
           (encoder_out (N, T_out, joiner_dim), new states with the shapes of ``states``).
@@ -208,7 +191,7 @@ def encoder_state_names(num_stacks: int) -> List[str]:
 
     (One name per stack within each kind.)
     """
-    return [f"{kind}_{i}" for kind in STATE_KINDS for i in range(num_stacks)]
+    return [f"{kind}_{i}" for kind in STATE_NAMES for i in range(num_stacks)]
 
 
 def encoder_io_names(num_stacks: int) -> Tuple[List[str], List[str]]:
@@ -221,8 +204,9 @@ def encoder_dynamic_axes(num_stacks: int) -> Dict[str, Dict[int, str]]:
     """Dynamic batch axes of every encoder input and output (``N``)."""
     axes: Dict[str, Dict[int, str]] = {"x": {0: "N"}, "encoder_out": {0: "N"}}
     states = encoder_state_names(num_stacks)
+    batch_axis = dict(zip(STATE_NAMES, STATE_BATCH_DIMS))
     for name in states:
-        axes[name] = {STATE_BATCH_AXIS[name.rsplit("_", 1)[0]]: "N"}
+        axes[name] = {batch_axis[name.rsplit("_", 1)[0]]: "N"}
     for name in states:
         axes[f"new_{name}"] = axes[name]
     return axes
@@ -235,9 +219,9 @@ def encoder_meta_data(encoder: nn.Module, decode_chunk_len: int) -> Dict[str, st
     ``decode_chunk_size = decode_chunk_len // 2`` frames at the 50 Hz embedding rate.
     """
     states = encoder.get_init_state(device=torch.device("cpu"))
-    num_stacks = len(states) // len(STATE_KINDS)
+    num_stacks = len(states) // len(STATE_NAMES)
     by_kind = {
-        kind: states[k * num_stacks : (k + 1) * num_stacks] for k, kind in enumerate(STATE_KINDS)
+        kind: states[k * num_stacks : (k + 1) * num_stacks] for k, kind in enumerate(STATE_NAMES)
     }
     return zipformer_streaming_meta_data(
         encoder_dims=[s.shape[2] for s in by_kind["cached_avg"]],
