@@ -191,6 +191,40 @@ def test_tiny_model_size():
     assert 1_000_000 < num_params < 6_000_000, num_params
 
 
+def test_ctc_head_is_optional_and_its_loss_is_torch_ctc():
+    args = train.get_args(["--corpus", "tiny", "--use-ctc", "1", "--ctc-loss-scale", "0.3"])
+    params = train.get_run_params(args)
+    params.vocab_size, params.blank_id = 256, 0
+    torch.manual_seed(0)
+    model = train.get_transducer_model(params).eval()
+    assert any(k.startswith("ctc_output.") for k in model.state_dict())
+    params.use_ctc = False
+    assert not any(
+        k.startswith("ctc_output.") for k in train.get_transducer_model(params).state_dict()
+    )
+
+    x = torch.randn(2, 120, 80)
+    x_lens = torch.tensor([120, 90])
+    y = [[5, 6, 7], [8]]
+    with torch.no_grad():
+        simple, pruned, ctc = model(x=x, x_lens=x_lens, y=y)
+        encoder_out, encoder_out_lens = model.encoder(x, x_lens)
+        log_probs = torch.log_softmax(model.ctc_output[1](encoder_out), dim=-1)
+    expected = sum(
+        torch.nn.functional.ctc_loss(
+            log_probs[i, : encoder_out_lens[i]],
+            torch.tensor(tokens),
+            [int(encoder_out_lens[i])],
+            [len(tokens)],
+            blank=0,
+            reduction="sum",
+        )
+        for i, tokens in enumerate(y)
+    )
+    assert torch.isfinite(simple) and torch.isfinite(pruned)
+    assert ctc.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 # ------------------------------------------------------------------------------------ training
 
 

@@ -6,12 +6,17 @@ occupation gradients choose the pruning ranges, and the pruned loss of the full 
 evaluated only inside those ranges. State_dict names and order (encoder, decoder, joiner,
 simple_am_proj, simple_lm_proj) match icefall's ``pruned_transducer_stateless7/model.py``.
 
+With ``use_ctc=True`` (``train.py --use-ctc 1``, as in icefall's newer ``zipformer`` recipe) a
+CTC head ``ctc_output`` (dropout, linear, log-softmax over the encoder output) adds an
+auxiliary CTC loss; it helps a small model find the alignment early. The head is only in the
+``state_dict`` when enabled, so default checkpoints keep icefall's keys.
+
 Targets ``y`` are given either as a list of token-id lists (what
 ``sentencepiece.SentencePieceProcessor.encode(texts, out_type=int)`` returns; k2.RaggedTensor
 in icefall) or as a tuple ``(y_padded, y_lens)`` of an (N, S) int64 tensor and (N,) lengths.
 """
 
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -59,6 +64,7 @@ class Transducer(nn.Module):
       decoder: stateless decoder; must have ``blank_id``; (N, U) ids -> (N, U, decoder_dim).
       joiner: has ``encoder_proj``, ``decoder_proj`` and ``forward(enc, dec, project_input)``.
       encoder_dim, decoder_dim, joiner_dim, vocab_size: model dimensions.
+      use_ctc: add the CTC head ``ctc_output``; ``forward`` then also returns the CTC loss.
     """
 
     def __init__(
@@ -70,6 +76,7 @@ class Transducer(nn.Module):
         decoder_dim: int,
         joiner_dim: int,
         vocab_size: int,
+        use_ctc: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
@@ -78,6 +85,11 @@ class Transducer(nn.Module):
         self.joiner_dim = joiner_dim
         self.simple_am_proj = _scaled_linear(encoder_dim, vocab_size, initial_scale=0.25)
         self.simple_lm_proj = _scaled_linear(decoder_dim, vocab_size, initial_scale=0.25)
+        self.ctc_output: Optional[nn.Module] = None
+        if use_ctc:
+            self.ctc_output = nn.Sequential(
+                nn.Dropout(p=0.1), nn.Linear(encoder_dim, vocab_size), nn.LogSoftmax(dim=-1)
+            )
 
     def _targets_to_padded(
         self, y: Targets, device: torch.device
@@ -97,8 +109,8 @@ class Transducer(nn.Module):
         prune_range: int = 5,
         am_scale: float = 0.0,
         lm_scale: float = 0.0,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Compute the simple and pruned transducer losses.
+    ) -> Tuple[torch.Tensor, ...]:
+        """Compute the simple and pruned transducer losses (and the CTC loss with a CTC head).
 
         Args:
           x: (N, T, C) input features.
@@ -109,7 +121,8 @@ class Transducer(nn.Module):
           lm_scale: weight of the LM-only term in the smoothed simple loss.
 
         Returns:
-          (simple_loss, pruned_loss): fp32 scalars, each summed over utterances.
+          (simple_loss, pruned_loss), or (simple_loss, pruned_loss, ctc_loss) when the model
+          has a CTC head: fp32 scalars, each summed over utterances.
         """
         assert x.ndim == 3, x.shape
         assert x_lens.ndim == 1, x_lens.shape
@@ -169,4 +182,32 @@ class Transducer(nn.Module):
                 boundary=boundary,
                 reduction="sum",
             )
-        return simple_loss, pruned_loss
+        if self.ctc_output is None:
+            return simple_loss, pruned_loss
+        return simple_loss, pruned_loss, self._ctc_loss(encoder_out, x_lens, y_padded, y_lens)
+
+    def _ctc_loss(
+        self,
+        encoder_out: torch.Tensor,
+        encoder_out_lens: torch.Tensor,
+        y_padded: torch.Tensor,
+        y_lens: torch.Tensor,
+    ) -> torch.Tensor:
+        """CTC loss (blank = the decoder's blank id) summed over utterances.
+
+        Args:
+          encoder_out: (N, T, encoder_dim); encoder_out_lens: (N,).
+          y_padded: (N, S) token ids; y_lens: (N,) number of tokens.
+        """
+        assert self.ctc_output is not None
+        log_probs = self.ctc_output(encoder_out).float()
+        with torch.autocast(device_type=encoder_out.device.type, enabled=False):
+            return nn.functional.ctc_loss(
+                log_probs=log_probs.permute(1, 0, 2),
+                targets=y_padded,
+                input_lengths=encoder_out_lens,
+                target_lengths=y_lens,
+                blank=self.decoder.blank_id,
+                reduction="sum",
+                zero_infinity=True,
+            )
