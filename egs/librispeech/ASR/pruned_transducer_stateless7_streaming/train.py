@@ -79,17 +79,17 @@ FRAME_SHIFT_S = 0.01
 
 # Defaults that differ from icefall's, per corpus (keys are argparse dests). "librispeech" keeps
 # icefall's defaults. The tiny model has 2.6 M parameters; one epoch of the tiny corpus (9.5 h of
-# speed-perturbed audio, about 1300 batches of 30 s) takes about 9 minutes on 2 otherwise idle
-# CPU cores (about 62 s of audio per second with 2 threads).
+# speed-perturbed audio) takes 8-10 minutes on 2 otherwise idle CPU cores (about 60-70 s of
+# audio per second with 2 torch threads and one data-loader worker).
 #
-# Why the tiny schedule differs: a transducer first sits on a plateau (blank plus a unigram LM,
-# pruned loss about 1.1 per frame) until the encoder finds the alignment. On the tiny corpus that
-# takes about 1000 updates whatever the batch size (30 s or 60 s batches break it after the same
-# number of updates, not the same amount of audio), so the preset uses small batches, runs the
-# model's warm-up schedules (layer drop, balancers, bypass clamps) 40x faster
-# (--batch-count-scale) and ramps the pruned loss in over 150 batches. Measured alternatives that
-# were slower to leave the plateau: base-lr 0.1 and 0.025 (vs 0.05), SpecAugment and noise mixing
-# on (the training set already has 30 % noisy utterances), an auxiliary CTC loss (--use-ctc 1).
+# Why the tiny schedule differs: a transducer first sits on a plateau (blank plus a text-only
+# guess, pruned loss about 1.1 per frame) until the encoder finds the alignment. On the tiny
+# corpus that takes about 36,000 s of audio (one epoch) whatever the batch size (60 s batches
+# leave it after half the updates of 30 s batches), so the preset runs the model's warm-up
+# schedules (layer drop, balancers, bypass clamps) 40x faster (--batch-count-scale) and ramps
+# the pruned loss in over 150 batches. Measured, and slower to leave the plateau: base-lr 0.1
+# and 0.025 (vs 0.05), --scalar-lr-scale 0.5 and 1.0 (vs 0.1), SpecAugment and noise mixing on
+# (the training set already has 30 % noisy utterances), an auxiliary CTC loss (--use-ctc 1).
 CORPUS_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "librispeech": {},
     "tiny": {
@@ -107,7 +107,7 @@ CORPUS_DEFAULTS: Dict[str, Dict[str, Any]] = {
         "bpe_model": "data/lang_bpe_256/bpe.model",
         "tokens": "data/lang_bpe_256/tokens.txt",
         "lang_dir": "data/lang_bpe_256",
-        "max_duration": 30.0,
+        "max_duration": 60.0,
         "num_workers": 1,
         "num_threads": 2,
         "num_buckets": 10,
@@ -287,6 +287,13 @@ def get_parser() -> argparse.ArgumentParser:
         help="Path to the BPE model",
     )
     parser.add_argument("--base-lr", type=float, default=0.05, help="The base learning rate.")
+    parser.add_argument(
+        "--scalar-lr-scale",
+        type=float,
+        default=0.1,
+        help="ScaledAdam's learning-rate factor for scalar parameters and for the updates of "
+        "each tensor's overall scale (icefall's fixed 0.1).",
+    )
     parser.add_argument(
         "--lr-batches",
         type=float,
@@ -1368,6 +1375,7 @@ def run(
         model.parameters(),
         lr=params.base_lr,
         clipping_scale=2.0,
+        scalar_lr_scale=params.scalar_lr_scale,
         parameters_names=parameters_names,
         show_dominant_parameters=False,
     )
