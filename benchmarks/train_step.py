@@ -35,9 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "egs" / "librispeech" / "ASR" / "pruned_transducer_stateless7_streaming"
 sys.path.insert(0, str(RECIPE))
 
-from optim import Eden, ScaledAdam  # noqa: E402
 from scaling import set_batch_count  # noqa: E402
-from train import get_args, get_loss_scales, get_params, get_transducer_model  # noqa: E402
+from train import (  # noqa: E402
+    combine_losses,
+    get_args,
+    get_optimizer_and_scheduler,
+    get_params,
+    get_transducer_model,
+)
 
 VOCAB_SIZE = 256
 FRAMES_PER_SECOND = 100
@@ -89,21 +94,14 @@ def time_steps(args: argparse.Namespace) -> Dict[str, float]:
     model = get_transducer_model(params)
     model.train()
     set_batch_count(model, params.batch_idx_train * params.batch_count_scale)
-    names = [[name for name, _ in model.named_parameters()]]
-    optimizer = ScaledAdam(
-        model.parameters(), lr=params.base_lr, clipping_scale=2.0, parameters_names=names
-    )
-    scheduler = Eden(
-        optimizer, params.lr_batches, params.lr_epochs, warmup_batches=params.lr_warmup_batches
-    )
-    simple_scale, pruned_scale = get_loss_scales(params)
+    optimizer, scheduler = get_optimizer_and_scheduler(params, model)
     x, x_lens, y = synthetic_batch(args.num_utts, args.seconds, args.tokens)
     timer = EncoderTimer(model.encoder)
     parts: Dict[str, List[float]] = {k: [] for k in ("encoder", "losses", "backward", "optimizer")}
     for step in range(args.warmup + args.steps):
         timer.total = 0.0
         t0 = time.perf_counter()
-        simple, pruned = model(
+        losses = model(
             x=x,
             x_lens=x_lens,
             y=y,
@@ -111,7 +109,7 @@ def time_steps(args: argparse.Namespace) -> Dict[str, float]:
             am_scale=params.am_scale,
             lm_scale=params.lm_scale,
         )
-        loss = simple_scale * simple + pruned_scale * pruned
+        loss = combine_losses(params, losses)
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()

@@ -25,6 +25,17 @@ EXPECTED_METHODS = (
 STAGES = ("prepare", "train", "decode", "streaming_decode", "export", "sherpa_onnx")
 
 
+def run_main_job(work: Path) -> subprocess.CompletedProcess:
+    """run.sh at ci size, one epoch, into ``work/exp``."""
+    return subprocess.run(
+        ["./run.sh", "--size", "ci", "--nj", "2", "--num-epochs", "1", "--exp-dir", "exp"],
+        cwd=work,
+        env=tiny_env(),
+        capture_output=True,
+        text=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def main_job(tiny_ci_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple:
     """Runs run.sh once in a copy of the ci corpus; returns (work dir, exp dir, stdout)."""
@@ -33,13 +44,7 @@ def main_job(tiny_ci_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     shutil.copytree(tiny_ci_dir / "data", work / "data", symlinks=True)
     shutil.copytree(tiny_ci_dir / "download", work / "download", symlinks=True)
     exp_dir = work / "exp"
-    result = subprocess.run(
-        ["./run.sh", "--size", "ci", "--nj", "2", "--num-epochs", "1", "--exp-dir", "exp"],
-        cwd=work,
-        env=tiny_env(),
-        capture_output=True,
-        text=True,
-    )
+    result = run_main_job(work)
     assert result.returncode == 0, (
         f"run.sh failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     )
@@ -82,13 +87,7 @@ def test_summary_is_well_formed(main_job: tuple) -> None:
 def test_second_run_reuses_finished_stages(main_job: tuple) -> None:
     work, exp_dir, _ = main_job
     before = (exp_dir / "epoch-1.pt").stat().st_mtime
-    result = subprocess.run(
-        ["./run.sh", "--size", "ci", "--nj", "2", "--num-epochs", "1", "--exp-dir", "exp"],
-        cwd=work,
-        env=tiny_env(),
-        capture_output=True,
-        text=True,
-    )
+    result = run_main_job(work)
     assert result.returncode == 0, result.stderr[-3000:]
     for stage in STAGES:
         assert f"({stage}): already done, skipping" in result.stdout

@@ -99,6 +99,7 @@ def test_parser_defaults_are_icefall_defaults():
         "exp_dir": "pruned_transducer_stateless7_streaming/exp",
         "bpe_model": "data/lang_bpe_500/bpe.model",
         "base_lr": 0.05,
+        "scalar_lr_scale": 0.1,
         "lr_batches": 5000,
         "lr_epochs": 3.5,
         "context_size": 2,
@@ -223,6 +224,27 @@ def test_ctc_head_is_optional_and_its_loss_is_torch_ctc():
     )
     assert torch.isfinite(simple) and torch.isfinite(pruned)
     assert ctc.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_combine_losses_adds_the_scaled_ctc_loss():
+    params = train.get_params()
+    params.simple_loss_scale, params.ctc_loss_scale = 0.5, 0.2
+    params.batch_idx_train = params.warm_step  # final scales: 0.5 and 1.0
+    simple, pruned, ctc = torch.tensor(4.0), torch.tensor(3.0), torch.tensor(10.0)
+    assert train.combine_losses(params, (simple, pruned)).item() == pytest.approx(5.0)
+    assert train.combine_losses(params, (simple, pruned, ctc)).item() == pytest.approx(7.0)
+
+
+def test_optimizer_uses_the_learning_rate_flags():
+    args = train.get_args(["--corpus", "tiny", "--base-lr", "0.07", "--scalar-lr-scale", "0.3"])
+    params = train.get_run_params(args)
+    params.vocab_size, params.blank_id = 256, 0
+    optimizer, scheduler = train.get_optimizer_and_scheduler(
+        params, train.get_transducer_model(params)
+    )
+    group = optimizer.param_groups[0]
+    assert (group["scalar_lr_scale"], scheduler.base_lrs[0]) == (0.3, 0.07)
+    assert (scheduler.lr_batches, scheduler.lr_epochs) == (params.lr_batches, params.lr_epochs)
 
 
 # ------------------------------------------------------------------------------------ training

@@ -596,6 +596,25 @@ def get_transducer_model(params: AttributeDict) -> nn.Module:
     )
 
 
+def get_optimizer_and_scheduler(
+    params: AttributeDict, model: nn.Module
+) -> Tuple[ScaledAdam, LRScheduler]:
+    """ScaledAdam (``--base-lr``, ``--scalar-lr-scale``, clipping scale 2.0) and the Eden
+    schedule (``--lr-batches``, ``--lr-epochs``, ``--lr-warmup-batches``) for ``model``."""
+    optimizer = ScaledAdam(
+        model.parameters(),
+        lr=params.base_lr,
+        clipping_scale=2.0,
+        scalar_lr_scale=params.scalar_lr_scale,
+        parameters_names=[[name for name, _ in model.named_parameters()]],
+        show_dominant_parameters=False,
+    )
+    scheduler = Eden(
+        optimizer, params.lr_batches, params.lr_epochs, warmup_batches=params.lr_warmup_batches
+    )
+    return optimizer, scheduler
+
+
 # ---------------------------------------------------------------------------------------------
 # Random number generator states (for exact resumption)
 
@@ -819,6 +838,16 @@ def get_loss_scales(params: AttributeDict) -> Tuple[float, float]:
     return 1.0 - (batch / warm_step) * (1.0 - s), 0.1 + 0.9 * (batch / warm_step)
 
 
+def combine_losses(params: AttributeDict, losses: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The training loss from the model's output ``(simple, pruned[, ctc])``: the warm-up scales
+    of :func:`get_loss_scales`, plus ``ctc_loss_scale * ctc`` when the model has a CTC head."""
+    simple_loss_scale, pruned_loss_scale = get_loss_scales(params)
+    loss = simple_loss_scale * losses[0] + pruned_loss_scale * losses[1]
+    if len(losses) == 3:
+        loss = loss + params.ctc_loss_scale * losses[2]
+    return loss
+
+
 def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
@@ -872,12 +901,9 @@ def compute_loss(
             am_scale=params.am_scale,
             lm_scale=params.lm_scale,
         )
-        simple_loss, pruned_loss = losses[:2]
-        simple_loss_scale, pruned_loss_scale = get_loss_scales(params)
-        loss = simple_loss_scale * simple_loss + pruned_loss_scale * pruned_loss
-        if len(losses) == 3:
-            loss = loss + params.ctc_loss_scale * losses[2]
+        loss = combine_losses(params, losses)
     assert loss.requires_grad == is_training
+    simple_loss, pruned_loss = losses[:2]
 
     info = MetricsTracker()
     with warnings.catch_warnings():
@@ -1372,18 +1398,7 @@ def run(
         model_avg = copy.deepcopy(model).to(torch.float64)
 
     model.to(device)
-    parameters_names = [[name for name, _ in model.named_parameters()]]
-    optimizer = ScaledAdam(
-        model.parameters(),
-        lr=params.base_lr,
-        clipping_scale=2.0,
-        scalar_lr_scale=params.scalar_lr_scale,
-        parameters_names=parameters_names,
-        show_dominant_parameters=False,
-    )
-    scheduler = Eden(
-        optimizer, params.lr_batches, params.lr_epochs, warmup_batches=params.lr_warmup_batches
-    )
+    optimizer, scheduler = get_optimizer_and_scheduler(params, model)
     scaler = torch.amp.GradScaler(device.type, enabled=params.use_fp16, init_scale=1.0)
 
     checkpoints = load_checkpoint_if_available(
